@@ -1,0 +1,74 @@
+"""Parameter counts from the IR: unique (each weight once) and applied (once per use).
+
+A looped core of P parameters run r times is P unique and r*P applied; a tied head adds
+no unique parameters but applies the embedding again. `archc info` prints both, per
+top-level instance, without building anything.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ..ir import BlockDef, BlockInst, Graph, Group, Leaf, Module, Program, Stack, resolve
+
+
+@dataclass
+class ParamCount:
+    unique: int
+    applied: int
+    rows: list[tuple[str, str, int, int]] = field(default_factory=list)  # name, kind, uniq, appl
+
+
+def module_numel(module: Module | None, classes: dict[str, BlockDef]) -> int:
+    if module is None:
+        return 0
+    if isinstance(module, Leaf):
+        return module.numel
+    if isinstance(module, Group):
+        return sum(module_numel(m, classes) for _, m in module.children)
+    if isinstance(module, Stack):
+        return sum(module_numel(m, classes) for m in module.items)
+    if isinstance(module, BlockInst):
+        return sum(module_numel(m, classes) for _, m in classes[module.cls].modules)
+    raise AssertionError(module)
+
+
+def _applied(block: BlockDef, graph: Graph, classes, runtime: dict[str, int],
+             mult: int, out: dict[str, int]) -> None:
+    for node in graph.nodes:
+        if node.op == "loop":
+            count = node.attr("count")
+            n = runtime.get(count.param, count.value) if count.param else count.value
+            _applied(block, node.body, classes, runtime, mult * n, out)
+            continue
+        if node.ref is None:
+            continue
+        top = node.ref.path[0][0]
+        if node.op == "call":
+            cls = classes[node.attr("cls")]
+            inner: dict[str, int] = defaultdict(int)
+            _applied(cls, cls.graph, classes, runtime, mult, inner)
+            out[top] += sum(inner.values())
+        else:
+            module = resolve(block, node.ref, classes)
+            out[top] += mult * module_numel(module, classes)
+
+
+def count_params(program: Program, runtime: dict[str, int] | None = None) -> ParamCount:
+    classes = program.classes
+    root = program.model
+    applied: dict[str, int] = defaultdict(int)
+    _applied(root, root.graph, classes, runtime or {}, 1, applied)
+    rows = []
+    for name, module in root.modules:
+        kind = module.cls if isinstance(module, BlockInst) else (
+            module.op if isinstance(module, (Leaf, Group)) and module.op else module.kind)
+        if isinstance(module, Stack) and module.items:
+            first = module.items[0]
+            inner = first.cls if isinstance(first, BlockInst) else getattr(first, "op", "") or \
+                first.kind
+            kind = f"{len(module.items)} x {inner}"
+        rows.append((name, kind, module_numel(module, classes), applied.get(name, 0)))
+    unique = sum(r[2] for r in rows)
+    return ParamCount(unique, sum(applied.values()), rows)

@@ -1,0 +1,101 @@
+"""The public Python API: load a spec, compile it, build the module.
+
+`load` never imports torch, so a search loop can check thousands of candidates cheaply;
+`build` imports torch and runs the generated source (ours, not the spec's) in a fresh
+module namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import syntax
+from .elaborate import Budget, elaborate
+from .errors import ArchcError
+from .ir import ParamInfo, Program
+
+
+@dataclass
+class Spec:
+    """A parsed, checked spec with its params bound."""
+
+    file: str
+    text: str
+    program: Program
+    overrides: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.program.name
+
+    @property
+    def params(self) -> dict[str, ParamInfo]:
+        return self.program.params
+
+
+def _read(spec: str | Path) -> tuple[str, str]:
+    if isinstance(spec, Path) or ("\n" not in spec and not spec.lstrip().startswith("model")):
+        path = Path(spec)
+        try:
+            return str(spec), path.read_text()
+        except OSError as e:
+            raise ArchcError(f"cannot read spec {str(spec)!r}: {e.strerror or e}", None,
+                             "pass a path to a .arch file, or the spec text itself",
+                             code="A002") from None
+    return "<spec>", spec
+
+
+def load(spec: "str | Path | Spec", budget: Budget | None = None, **params: Any) -> Spec:
+    """Parse, check and bind params. Raises ArchcError for any problem in the spec."""
+    if isinstance(spec, Spec):
+        if not params and budget is None:
+            return spec
+        file, text = spec.file, spec.text
+        params = {**spec.overrides, **params}
+    else:
+        file, text = _read(spec)
+    model = syntax.parse(text, file)
+    program = elaborate(model, params, budget)
+    return Spec(file, text, program, dict(params))
+
+
+def compile_source(spec: "str | Path | Spec", **params: Any) -> str:
+    """The generated Python module for a spec, as text."""
+    from .codegen.torch import generate
+
+    return generate(load(spec, **params).program)
+
+
+def build(spec: "str | Path | Spec", **params: Any):
+    """Compile a spec and return its torch.nn.Module (train mode)."""
+    import types
+
+    loaded = load(spec, **params)
+    from .codegen.torch import generate
+
+    source = generate(loaded.program)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    name = f"archc_generated.{loaded.program.name}_{digest}"
+    module = sys.modules.get(name)
+    if module is None:
+        module = types.ModuleType(name)
+        module.__file__ = f"<archc:{Path(loaded.file).name}>"
+        code = compile(source, module.__file__, "exec")
+        _remember_source(module.__file__, source)
+        exec(code, module.__dict__)  # our generated source; spec text never reaches exec
+        sys.modules[name] = module
+    cls = getattr(module, loaded.program.root)
+    model = cls()
+    model.archc_spec = loaded
+    return model
+
+
+def _remember_source(filename: str, source: str) -> None:
+    """Let tracebacks and inspect show the generated code."""
+    import linecache
+
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)

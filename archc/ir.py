@@ -1,0 +1,315 @@
+"""The typed graph IR that every pass and backend reads.
+
+A spec elaborates to a `Program`: one `BlockDef` per distinct block specialization (a
+generated class), plus the root model. A `BlockDef` has
+
+- `modules`: the weights it owns, as a tree of `Leaf` (one op's parameters, an explicit
+  weight group), `Group` (named children), `Stack` (one entry per iteration) and
+  `BlockInst` (an instance of another BlockDef). Weights live where a block is
+  instantiated; sharing is several nodes naming the same module path.
+- `graph`: a dataflow `Graph` of `Node`s in program order, held in a networkx DiGraph.
+  A `for`/`loop` is a region node whose `body` is a Graph; loops stay rolled until a pass
+  decides otherwise.
+
+Shapes: activations are ("B", "T", width); per-head tensors are ("B", heads, "T", head_dim);
+tokens are ("B", "T") long. Only widths are concrete, batch and sequence are symbolic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import networkx as nx
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import Span
+
+
+class TensorType(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    shape: tuple[Union[int, str], ...]
+    dtype: Literal["float", "long"] = "float"
+
+    @property
+    def width(self) -> int:
+        w = self.shape[-1]
+        assert isinstance(w, int), self
+        return w
+
+    def __str__(self) -> str:
+        dims = ", ".join(str(d) for d in self.shape)
+        return f"{self.dtype}[{dims}]"
+
+
+def act(width: int) -> TensorType:
+    """An activation: [B, T, width]."""
+    return TensorType(shape=("B", "T", width))
+
+
+TOKENS = TensorType(shape=("B", "T"), dtype="long")
+
+# An index into a Stack: a literal int, or the name of a loop variable.
+Index = Union[int, str]
+
+
+class Ref(BaseModel):
+    """A path from a BlockDef to one of its modules, e.g. layers[i].attn.q."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: tuple[tuple[str, Union[Index, None]], ...]
+
+    def __str__(self) -> str:
+        parts = []
+        for name, idx in self.path:
+            parts.append(name if idx is None else f"{name}[{idx}]")
+        return ".".join(parts)
+
+    def child(self, name: str, idx: Index | None = None) -> "Ref":
+        return Ref(path=self.path + ((name, idx),))
+
+    def substitute(self, var: str, value: int) -> "Ref":
+        return Ref(path=tuple((n, value if i == var else i) for n, i in self.path))
+
+
+class Weight(BaseModel):
+    """One parameter tensor of a Leaf, with its init."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    shape: tuple[int, ...]
+    init: tuple[Any, ...] = ("default",)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class Leaf(BaseModel):
+    """The parameters of one op instance (a weight group), built by a runtime module."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["leaf"] = "leaf"
+    op: str
+    args: tuple[tuple[str, Any], ...] = ()
+    weights: tuple[Weight, ...] = ()
+    span: Span | None = Field(default=None, exclude=True)
+
+    @property
+    def numel(self) -> int:
+        return sum(w.numel for w in self.weights)
+
+
+class Group(BaseModel):
+    """Named child modules (an attention's q/k/v/o, one iteration's instances)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["group"] = "group"
+    children: tuple[tuple[str, "Module"], ...]
+    op: str = ""
+    span: Span | None = Field(default=None, exclude=True)
+
+    def get(self, name: str) -> "Module | None":
+        for n, m in self.children:
+            if n == name:
+                return m
+        return None
+
+
+class Stack(BaseModel):
+    """A list of modules indexed by an iteration or an instance-array index."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["stack"] = "stack"
+    items: tuple["Module", ...]
+    span: Span | None = Field(default=None, exclude=True)
+
+
+class BlockInst(BaseModel):
+    """An instance of a generated block class."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["block"] = "block"
+    cls: str
+    span: Span | None = Field(default=None, exclude=True)
+
+
+Module = Union[Leaf, Group, Stack, BlockInst]
+
+
+class Count(BaseModel):
+    """A loop trip count: static (`value`) or chosen at run time (`param`, up to `max`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: int
+    param: str | None = None
+    max: int | None = None
+
+    @property
+    def runtime(self) -> bool:
+        return self.param is not None
+
+    @property
+    def bound(self) -> int:
+        """The most iterations that can run: sizes per-iteration weights."""
+        return self.max if self.max is not None else self.value
+
+
+class Node(BaseModel):
+    """One op, block call or region. Produces the values named in `outs`."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    op: str
+    outs: tuple[str, ...]
+    types: tuple[TensorType, ...]
+    inputs: tuple[str, ...] = ()
+    attrs: tuple[tuple[str, Any], ...] = ()
+    ref: Ref | None = None
+    span: Span | None = Field(default=None, exclude=True)
+    hint: str = ""
+    body: "Graph | None" = None
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        for k, v in self.attrs:
+            if k == name:
+                return v
+        return default
+
+
+class Graph:
+    """Nodes in program order with dataflow edges (a networkx DiGraph underneath).
+
+    `inputs` are the graph's parameters (value name, type); `outputs` the values it
+    returns. A value is defined once (SSA). Region bodies are Graphs too.
+    """
+
+    def __init__(self, inputs: list[tuple[str, TensorType]] | None = None):
+        self.g = nx.DiGraph()
+        self.inputs: list[tuple[str, TensorType]] = list(inputs or [])
+        self.outputs: list[str] = []
+        self.producer: dict[str, int] = {}
+        self.types: dict[str, TensorType] = {name: t for name, t in self.inputs}
+        self.names: dict[str, str] = {}  # value -> the spec name it was bound to
+        self._count = 0
+
+    def add(self, node: Node) -> Node:
+        key = self._count
+        self._count += 1
+        self.g.add_node(key, node=node)
+        for i, name in enumerate(node.inputs):
+            src = self.producer.get(name)
+            if src is not None:
+                self.g.add_edge(src, key, slot=i)
+        for name, t in zip(node.outs, node.types):
+            self.producer[name] = key
+            self.types[name] = t
+        return node
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [data["node"] for _, data in self.g.nodes(data=True)]
+
+    def users(self, value: str) -> list[Node]:
+        key = self.producer.get(value)
+        if key is None:
+            return [n for n in self.nodes if value in n.inputs]
+        return [self.g.nodes[k]["node"] for k in self.g.successors(key)]
+
+    def __len__(self) -> int:
+        return self.g.number_of_nodes()
+
+
+Group.model_rebuild()
+Stack.model_rebuild()
+Node.model_rebuild()
+
+
+class BlockDef(BaseModel):
+    """One generated class: a block specialization, or the root model."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    cls: str
+    name: str
+    inputs: tuple[tuple[str, TensorType], ...]
+    graph: Graph
+    modules: tuple[tuple[str, Module], ...]
+    span: Span | None = None
+    # Loop variable that indexes per-iteration adapters, passed by the caller.
+    iteration: str | None = None
+    iterations: int | None = None
+
+    def module(self, name: str) -> Module | None:
+        for n, m in self.modules:
+            if n == name:
+                return m
+        return None
+
+
+class ParamInfo(BaseModel):
+    """A declared model parameter, its bound value and its search domain."""
+
+    name: str
+    type: str
+    default: Any
+    value: Any
+    domain: Any = None
+    runtime: bool = False
+
+
+class Program(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    file: str
+    params: dict[str, ParamInfo]
+    classes: dict[str, BlockDef]
+    root: str
+    rope: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def model(self) -> BlockDef:
+        return self.classes[self.root]
+
+
+def walk(graph: Graph):
+    """Every node of a graph and of its region bodies, outer first."""
+    for node in graph.nodes:
+        yield node
+        if node.body is not None:
+            yield from walk(node.body)
+
+
+def resolve(block: BlockDef, ref: Ref, classes: dict[str, BlockDef]) -> Module | None:
+    """The module a Ref names, taking stack index 0 for symbolic indices."""
+    current: Module | None = None
+    for depth, (name, idx) in enumerate(ref.path):
+        if depth == 0:
+            current = block.module(name)
+        elif isinstance(current, Group):
+            current = current.get(name)
+        elif isinstance(current, BlockInst):
+            current = classes[current.cls].module(name)
+        else:
+            return None
+        if current is None:
+            return None
+        if idx is not None:
+            if not isinstance(current, Stack) or not current.items:
+                return None
+            i = idx if isinstance(idx, int) else 0
+            if i >= len(current.items):
+                return None
+            current = current.items[i]
+    return current

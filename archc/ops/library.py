@@ -1,0 +1,346 @@
+"""Spec-level ops: what a .arch file can call, each declared once.
+
+An op has an attribute schema (pydantic: names, types, defaults, checks), a number of
+tensor inputs, and an `expand` function that emits IR primitives through an `OpCtx`
+(see `archc.elaborate`). Ops with weights create an instance where they are called;
+`let n = rmsnorm()` names one so it can be called again with the same weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..ir import TensorType, Weight, act
+
+
+class Attrs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    doc: str
+    attrs: type[Attrs]
+    expand: Callable[..., Any]
+    inputs: int | None = 1          # tensor inputs; None means one or more
+    positional: tuple[str, ...] = ()  # static attrs that may follow the tensors positionally
+    stateful: bool = False          # creates an instance with weights
+    outputs: tuple[str, ...] = ()   # named outputs exposed as value fields
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def op(name: str, attrs: type[Attrs], doc: str, **kw):
+    def register(fn):
+        OPS[name] = OpDef(name, doc, attrs, fn, **kw)
+        return fn
+    return register
+
+
+class NoAttrs(Attrs):
+    pass
+
+
+# --------------------------------------------------------------------------- weights
+
+class EmbedAttrs(Attrs):
+    vocab: int = Field(gt=0)
+    dim: int = Field(gt=0)
+    scale: float = 1.0
+
+
+@op("embed", EmbedAttrs, "token embedding; `scale` multiplies the output (Huginn uses sqrt(d))",
+    stateful=True)
+def embed(c, tokens, a: EmbedAttrs):
+    if tokens.type.dtype != "long":
+        c.fail("embed reads token ids, not activations", "call it on `tokens`")
+    ref = c.leaf(None, "embed", {"vocab": a.vocab, "dim": a.dim},
+                 [Weight(name="weight", shape=(a.vocab, a.dim), init=("normal", 1.0))])
+    x = c.emit("embed", [tokens], act(a.dim), ref=ref, hint="x")
+    if a.scale != 1.0:
+        x = c.emit("scale", [x], x.type, {"by": a.scale}, hint="x")
+    return x
+
+
+class LinearAttrs(Attrs):
+    out: int = Field(gt=0)
+    bias: bool = False
+
+
+@op("linear", LinearAttrs, "y = x W^T (+ b)", stateful=True)
+def linear(c, x, a: LinearAttrs):
+    return c.linear(x, None, a.out, a.bias)
+
+
+class NormAttrs(Attrs):
+    eps: float = Field(default=1e-6, gt=0)
+
+
+@op("rmsnorm", NormAttrs, "RMSNorm over the last dimension, learnable gain", stateful=True)
+def rmsnorm(c, x, a: NormAttrs):
+    return c.norm(x, None, "rmsnorm", a.eps)
+
+
+class LayerNormAttrs(Attrs):
+    eps: float = Field(default=1e-5, gt=0)
+    bias: bool = True
+
+
+@op("layernorm", LayerNormAttrs, "LayerNorm over the last dimension", stateful=True)
+def layernorm(c, x, a: LayerNormAttrs):
+    return c.norm(x, None, "layernorm", a.eps, bias=a.bias)
+
+
+class LmHeadAttrs(Attrs):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    vocab: int | None = Field(default=None, gt=0)
+    tied: Any = None
+
+
+@op("lm_head", LmHeadAttrs, "logits over the vocabulary; `tied=emb` reuses an embed's weight",
+    stateful=True)
+def lm_head(c, x, a: LmHeadAttrs):
+    if a.tied is not None:
+        ref, emb = c.tied_embed(a.tied)
+        if a.vocab is not None and a.vocab != emb["vocab"]:
+            c.fail(f"vocab={a.vocab} but the tied embed has vocab {emb['vocab']}",
+                   "drop `vocab`; a tied head takes it from the embed", at="vocab")
+        if emb["dim"] != x.type.width:
+            c.fail(f"width mismatch: the head reads width {x.type.width} but the tied embed "
+                   f"has dim {emb['dim']}", "project to the embed's width first")
+        return c.emit("tied_linear", [x], act(emb["vocab"]), ref=ref, hint="logits")
+    if a.vocab is None:
+        c.fail("lm_head needs `vocab=` or `tied=`", "write lm_head(x, tied=emb) to share the "
+               "embedding, or lm_head(x, vocab=V)")
+    return c.linear(x, None, a.vocab, False, hint="logits")
+
+
+class AttentionAttrs(Attrs):
+    heads: int = Field(gt=0)
+    kv_heads: int | None = Field(default=None, gt=0)
+    causal: bool = True
+    rope: bool = True
+    rope_theta: float = Field(default=10000.0, gt=0)
+    qk_norm: bool = False
+    qk_bias: bool = False
+    bias: bool = False
+
+
+@op("attention", AttentionAttrs,
+    "multi-head self-attention (GQA via kv_heads, RoPE or none, optional q/k norm); "
+    "exposes the per-head q, k, v as fields", stateful=True, outputs=("q", "k", "v"))
+def attention(c, x, a: AttentionAttrs):
+    d = x.type.width
+    kv = a.kv_heads or a.heads
+    if d % a.heads:
+        c.fail(f"{a.heads} heads do not divide width {d}",
+               f"pick heads among the divisors of {d}", at="heads")
+    dh = d // a.heads
+    if a.heads % kv:
+        c.fail(f"kv_heads={kv} does not divide heads={a.heads}",
+               "each key/value head serves a whole group of query heads", at="kv_heads")
+    if a.rope and dh % 2:
+        c.fail(f"RoPE needs an even head dim, got {dh}", "change heads or set rope=false",
+               at="heads")
+    q = c.linear(x, "q", a.heads * dh, a.bias, hint="q")
+    k = c.linear(x, "k", kv * dh, a.bias, hint="k")
+    v = c.linear(x, "v", kv * dh, a.bias, hint="v")
+    q = c.emit("heads", [q], TensorType(shape=("B", a.heads, "T", dh)), {"n": a.heads}, hint="q")
+    k = c.emit("heads", [k], TensorType(shape=("B", kv, "T", dh)), {"n": kv}, hint="k")
+    v = c.emit("heads", [v], TensorType(shape=("B", kv, "T", dh)), {"n": kv}, hint="v")
+    if a.qk_bias:
+        q = c.bias(q, "q_bias", (a.heads, 1, dh))
+        k = c.bias(k, "k_bias", (kv, 1, dh))
+    if a.qk_norm:
+        q = c.norm(q, "q_norm", "rmsnorm", 1e-6)
+        k = c.norm(k, "k_norm", "rmsnorm", 1e-6)
+    if a.rope:
+        table = c.rope_table(dh, a.rope_theta)
+        q = c.emit("rope", [q], q.type, {"table": table}, hint="q")
+        k = c.emit("rope", [k], k.type, {"table": table}, hint="k")
+    o = c.emit("sdpa", [q, k, v], q.type, {"causal": a.causal, "gqa": kv != a.heads}, hint="a")
+    o = c.emit("merge_heads", [o], act(d), hint="a")
+    out = c.linear(o, "o", d, a.bias, hint="a")
+    return c.fields(out, q=q, k=k, v=v)
+
+
+class SwigluAttrs(Attrs):
+    hidden: int = Field(gt=0)
+
+
+@op("swiglu", SwigluAttrs, "down(silu(gate(x)) * up(x))", stateful=True)
+def swiglu(c, x, a: SwigluAttrs):
+    d = x.type.width
+    g = c.linear(x, "gate", a.hidden, False, hint="g")
+    u = c.linear(x, "up", a.hidden, False, hint="u")
+    g = c.emit("silu", [g], g.type, hint="g")
+    h = c.emit("mul", [g, u], g.type, hint="m")
+    return c.linear(h, "down", d, False, hint="m")
+
+
+class MlpAttrs(Attrs):
+    hidden: int = Field(gt=0)
+    act: Literal["gelu", "relu", "silu"] = "gelu"
+    bias: bool = False
+    out: int | None = Field(default=None, gt=0)
+
+
+@op("mlp", MlpAttrs, "down(act(up(x))), act gelu by default", stateful=True)
+def mlp(c, x, a: MlpAttrs):
+    h = c.linear(x, "up", a.hidden, a.bias, hint="m")
+    h = c.emit(a.act, [h], h.type, hint="m")
+    return c.linear(h, "down", a.out or x.type.width, a.bias, hint="m")
+
+
+class LayerScaleAttrs(Attrs):
+    init: float = 1e-4
+
+
+@op("layerscale", LayerScaleAttrs, "per-channel learnable scale (CaiT LayerScale)",
+    stateful=True, positional=("init",))
+def layerscale(c, x, a: LayerScaleAttrs):
+    d = x.type.width
+    ref = c.leaf(None, "layerscale", {"dim": d, "init": a.init},
+                 [Weight(name="gamma", shape=(d,), init=("const", a.init))])
+    return c.emit("layerscale", [x], x.type, ref=ref, hint="x")
+
+
+class ScalarAttrs(Attrs):
+    init: float = 1.0
+
+
+@op("scalar", ScalarAttrs, "one learnable scalar multiplier (SReT residual coefficients)",
+    stateful=True, positional=("init",))
+def scalar(c, x, a: ScalarAttrs):
+    ref = c.leaf(None, "scalar", {"init": a.init},
+                 [Weight(name="value", shape=(), init=("const", a.init))])
+    return c.emit("scalar", [x], x.type, ref=ref, hint="x")
+
+
+class GatedMixAttrs(Attrs):
+    bias: float = 2.0
+
+
+@op("gated_mix", GatedMixAttrs,
+    "g = sigmoid(W[h; f] + b), out = g*h + (1-g)*f; b starts at `bias` so the gate starts "
+    "near identity on the state h", stateful=True, inputs=2)
+def gated_mix(c, h, f, a: GatedMixAttrs):
+    d = h.type.width
+    if f.type != h.type:
+        c.fail(f"width mismatch: gated_mix of {h.type.width} and {f.type.width}",
+               "the state and the update must have the same width")
+    both = c.emit("concat", [h, f], act(2 * d), hint="hf")
+    g = c.linear(both, "gate", d, True, hint="g", bias_init=a.bias)
+    g = c.emit("sigmoid", [g], g.type, hint="g")
+    return c.emit("lerp", [f, h, g], h.type, hint="h")
+
+
+# --------------------------------------------------------------------------- stateless
+
+class ScaleAttrs(Attrs):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    by: Any
+
+
+@op("scale", ScaleAttrs, "multiply by a constant (or a loop-index expression)",
+    positional=("by",))
+def scale(c, x, a: ScaleAttrs):
+    return c.emit("scale", [x], x.type, {"by": c.scalar_code(a.by, "by")}, hint="x")
+
+
+@op("add", NoAttrs, "elementwise sum", inputs=2)
+def add(c, x, y, a):
+    return c.binary("add", x, y)
+
+
+@op("mul", NoAttrs, "elementwise product", inputs=2)
+def mul(c, x, y, a):
+    return c.binary("mul", x, y)
+
+
+def _unary(name: str, doc: str):
+    @op(name, NoAttrs, doc)
+    def fn(c, x, a):
+        return c.emit(name, [x], x.type, hint=name[0])
+    return fn
+
+
+for _name, _doc in [("silu", "x * sigmoid(x)"), ("gelu", "GELU (erf)"), ("relu", "max(x, 0)"),
+                    ("sigmoid", "logistic"), ("tanh", "tanh")]:
+    _unary(_name, _doc)
+
+
+@op("concat", NoAttrs, "concatenate along the width", inputs=None)
+def concat(c, *xs):
+    *xs, _ = xs
+    widths = [x.type.width for x in xs]
+    return c.emit("concat", list(xs), act(sum(widths)), hint="x")
+
+
+class SplitAttrs(Attrs):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    parts: int | tuple[int, ...]
+
+
+@op("split", SplitAttrs, "split the width into `parts` equal parts, or into given sizes",
+    positional=("parts",))
+def split(c, x, a: SplitAttrs):
+    d = x.type.width
+    if isinstance(a.parts, int):
+        if a.parts <= 0 or d % a.parts:
+            c.fail(f"cannot split width {d} into {a.parts} equal parts",
+                   f"use a divisor of {d}, or give sizes such as [{d // 2}, {d - d // 2}]",
+                   at="parts")
+        sizes = (d // a.parts,) * a.parts
+    else:
+        sizes = a.parts
+        if sum(sizes) != d or min(sizes) <= 0:
+            c.fail(f"split sizes {list(sizes)} do not add up to width {d}",
+                   "the sizes must be positive and sum to the width", at="parts")
+    return c.emit_many("split", [x], [act(s) for s in sizes], {"sizes": sizes}, hint="p")
+
+
+class StateAttrs(Attrs):
+    init: Literal["zeros", "trunc_normal"] = "zeros"
+    std: float = Field(default=1.0, gt=0)
+    scale: float = 1.0
+
+
+@op("init_state", StateAttrs,
+    "a fresh loop state shaped like its input: zeros, or a truncated normal (cut at 3 std) "
+    "times `scale`, drawn anew on every forward")
+def init_state(c, x, a: StateAttrs):
+    return c.emit("init_state", [x], x.type,
+                  {"mode": a.init, "std": a.std, "scale": a.scale}, hint="s")
+
+
+# --------------------------------------------------------------------------- adapters
+
+class LoraAttrs(Attrs):
+    rank: int = Field(gt=0)
+    alpha: float | None = None
+    targets: tuple[str, ...] = ()
+
+
+class UntieAttrs(Attrs):
+    names: tuple[str, ...]
+
+
+ADAPTERS = {"lora": LoraAttrs, "untie": UntieAttrs}
+
+
+def lora_scale(a: LoraAttrs) -> float:
+    return (a.alpha if a.alpha is not None else a.rank) / a.rank
+
+
+def suggest(name: str, options) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return close[0] if close else None
+
