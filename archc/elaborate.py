@@ -225,7 +225,8 @@ class Elaborator:
         for name in overrides:
             if name not in declared:
                 close = suggest(name, declared)
-                fail(f"the model has no param `{name}`", override_spans.get(name),
+                fail(f"the model has no param `{name}`",
+                     override_spans.get(name, self.model.span),
                      f"did you mean `{close}`?" if close else
                      f"declared params: {', '.join(sorted(declared)) or 'none'}", code="A020")
         env = Env(None, 0)
@@ -240,21 +241,25 @@ class Elaborator:
                 fail(f"param `{p.name}` needs a default", p.span,
                      f"write `{p.name}: {p.type} = ...`", code="A021")
             default = self.static(p.default, env, f"the default of `{p.name}`")
-            value = overrides.get(p.name, default)
-            span = override_spans.get(p.name, p.default.span)
-            value = _coerce(value, p.type, p.name, span)
             _coerce(default, p.type, p.name, p.default.span)
+            given = p.name in overrides
+            value = overrides.get(p.name, default)
+            span = override_spans.get(p.name, p.span if given else p.default.span)
+            where = " (as given)" if given else ""
+            value = _coerce(value, p.type, p.name, span, where)
             domain = self._domain(p, env)
             if domain is not None and not _in_domain(value, domain):
-                fail(f"{p.name} = {value!r} is outside its domain {_show_domain(domain)}", span,
-                     f"pick a value in {_show_domain(domain)}", code="A022",
-                     labels=[(p.span, "declared here")] if span != p.span else [])
+                fail(f"{p.name} = {_show(value)}{where} is outside its domain "
+                     f"{_show_domain(domain)}", span,
+                     f"pick a value in {_show_domain(domain)}", code="A022")
             if p.runtime and p.type != "int":
                 fail(f"run-time param `{p.name}` must be an int", p.span,
                      "only loop counts can be chosen at run time", code="A023")
             self.param_info[p.name] = ParamInfo(name=p.name, type=p.type, default=default,
                                                 value=value, domain=_jsonable(domain),
-                                                runtime=p.runtime)
+                                                runtime=p.runtime,
+                                                domain_text=_show_domain(domain)
+                                                if domain is not None else None)
             env.set(p.name, RuntimeParam(p.name, value, p.span) if p.runtime else value, p.span)
         self.globals = dict(env.vars)
 
@@ -265,7 +270,7 @@ class Elaborator:
             return tuple(self.static(e, env, "a domain value") for e in p.domain)
         if not isinstance(p.domain, S.Range):
             fail("a domain is a range `lo..hi` / `lo..=hi` or a set `{a, b}`", p.domain.span,
-                 code="A022")
+                 "e.g. `d: int = 64 in {32, 64}` or `r: int = 4 in 1..=32`", code="A022")
         lo = self.static(p.domain.lo, env, "a domain bound")
         hi = self.static(p.domain.hi, env, "a domain bound")
         return ("range", lo, hi, p.domain.inclusive)
@@ -347,7 +352,8 @@ class Elaborator:
             hi = self.eval_static(e.hi, env)
             for v, s in ((lo, e.lo.span), (hi, e.hi.span)):
                 if not isinstance(v, int) or isinstance(v, bool):
-                    fail(f"a range bound must be an int, got {_show(v)}", s, code="A031")
+                    fail(f"a range bound must be an int, got {_show(v)}", s,
+                         "ranges count whole steps: `0..n`", code="A031")
             stop = hi + 1 if e.inclusive else hi
             if stop - lo > self.budget.max_nodes:
                 fail(f"the range {lo}..{hi} has {stop - lo:,} items, over the size budget",
@@ -358,7 +364,8 @@ class Elaborator:
             idx = self.eval_static(e.index, env)
             return _index(seq, idx, e)
         if isinstance(e, S.Attr):
-            fail(f"static values have no field `{e.name}`", e.span, code="A031")
+            fail(f"static values have no field `{e.name}`", e.span,
+                 "fields such as `a.q` belong to tensors made by ops", code="A031")
         if isinstance(e, S.Call):
             return self._builtin(e, env)
         raise AssertionError(e)
@@ -370,16 +377,17 @@ class Elaborator:
                  "static expressions use numbers and min, max, len, abs, int, float, sqrt",
                  code="A031")
         if e.kwargs:
-            fail(f"{e.func.id}() takes no keyword arguments", e.kwargs[0].span, code="A032")
+            fail(f"{e.func.id}() takes no keyword arguments", e.kwargs[0].span,
+                 f"write {e.func.id}(a, b)", code="A032")
         args = [self.eval_static(a, env) for a in e.args]
         fn, arity = _BUILTINS[e.func.id]
         if arity is not None and len(args) != arity:
             fail(f"{e.func.id}() takes {arity} argument(s), got {len(args)}", e.span,
-                 code="A032")
+                 f"write {e.func.id}(x)", code="A032")
         try:
             return fn(*args)
         except (TypeError, ValueError) as err:
-            fail(f"{e.func.id}(): {err}", e.span, code="A031")
+            fail(f"{e.func.id}(): {err}", e.span, "check the argument's value", code="A031")
 
     def _unknown(self, e: S.Name, env: Env):
         known: set[str] = set(self.blocks) | set(OPS) | set(_BUILTINS)
@@ -424,7 +432,7 @@ class Elaborator:
                      "end it with `return x`", code="A030")
             if not isinstance(out, TensorVal):
                 fail(f"block `{block.name}` must return one tensor", block.name_span,
-                     code="A030")
+                     "end it with `return x`", code="A030")
             if adapt is not None:
                 cb.check_adapters(adapt)
             self.classes[cls] = cb.finish([out], tuple(graph_inputs))
@@ -442,7 +450,9 @@ class Elaborator:
             elif p.default is not None:
                 value = self.static(p.default, env, f"the default of `{p.name}`")
             else:
-                fail(f"block `{block.name}` needs `{p.name}=`", p.span, code="A032")
+                fail(f"block `{block.name}` needs `{p.name}=`", p.span,
+                     f"give it a default (`{p.name}: {p.type} = ...`) or pass it at the "
+                     "call", code="A032")
             env.set(p.name, _coerce(value, p.type, p.name, p.span), p.span)
         for k in kwargs:
             if k not in declared:
@@ -589,7 +599,8 @@ class ClassBuilder:
         if isinstance(st, S.Return):
             value = self.expr(st.value, env, st.with_)
             if not isinstance(value, TensorVal):
-                fail("`return` needs a tensor", st.value.span, code="A030")
+                fail("`return` needs a tensor", st.value.span,
+                     "return the value a block or model computes, e.g. `return x`", code="A030")
             return value
         raise AssertionError(st)
 
@@ -602,7 +613,7 @@ class ClassBuilder:
                  else [])
         if isinstance(value, (Inst, InstArray)):
             fail("assigning an instance makes an alias; use its name directly", span,
-                 code="A031")
+                 "call it to get a value: `y = core(x)`", code="A031")
         if isinstance(value, TensorVal):
             self.gb.graph.names.setdefault(value.id, name)
         env.set(name, value, span)
@@ -615,8 +626,9 @@ class ClassBuilder:
                  if env.spans.get(st.name) else [])
         call = st.value
         if not isinstance(call, S.Call) or not isinstance(call.func, S.Name):
-            fail("`let` makes an instance of a block or op, e.g. `let core = layer()`",
-                 st.value.span, code="A031")
+            fail("`let` makes an instance of a block or op", st.value.span,
+                 "e.g. `let core = layer()`; plain values need no `let`: `h = 4 * d`",
+                 code="A031")
         template = call.func.id
         if template not in self.el.blocks and not (template in OPS and OPS[template].stateful):
             if template in OPS:
@@ -635,9 +647,10 @@ class ClassBuilder:
         n = self.el.static(st.count, env, "an instance-array size")
         if not isinstance(n, int) or n < 1:
             fail(f"an instance array needs a positive int size, got {_show(n)}", st.count.span,
-                 code="A031")
+                 "e.g. `let blocks[k] = layer()`", code="A031")
         if n > self.el.budget.max_nodes:
-            fail(f"instance array of {n:,} is over the size budget", st.count.span, code="A040")
+            fail(f"instance array of {n:,} is over the size budget", st.count.span,
+                 "is the size right? the budget is --max-nodes", code="A040")
         name = self.scope.claim(st.name, st.name_span)
         items = []
         for k in range(n):
@@ -656,8 +669,13 @@ class ClassBuilder:
         out, spans = {}, {}
         for kw in call.kwargs:
             if kw.name in out:
-                fail(f"argument `{kw.name}` given twice", kw.span, code="A032")
+                fail(f"argument `{kw.name}` given twice", kw.span, "remove one of them",
+                     code="A032")
             value = self.static_or_inst(kw.value, env)
+            if isinstance(value, RuntimeParam):
+                fail(f"run-time param `{value.name}` cannot set `{kw.name}`", kw.span,
+                     "run-time params only set loop counts; declare it without `runtime` "
+                     "to use it here", code="A023")
             out[kw.name] = value
             spans[kw.name] = kw.span
         return out, spans
@@ -674,7 +692,8 @@ class ClassBuilder:
 
     def expr(self, e: S.Expr, env: Env, with_=()) -> Any:
         if with_ and not isinstance(e, S.Call):
-            fail("`with` adapters attach to a call of an instance", e.span, code="A031")
+            fail("`with` adapters attach to a call of an instance", e.span,
+                 "write `x = core(x) with lora(rank=8)`", code="A031")
         if isinstance(e, S.Call):
             return self.call(e, env, with_)
         if isinstance(e, S.Name):
@@ -704,7 +723,8 @@ class ClassBuilder:
                     fail(f"this value has no field `{e.name}`", e.span,
                          f"its fields: {have}", code="A012")
                 return base.fields[e.name]
-            fail(f"no field `{e.name}` here", e.span, code="A012")
+            fail(f"no field `{e.name}` here", e.span,
+                 "fields such as `a.q` belong to tensors made by ops", code="A012")
         if isinstance(e, S.Index):
             base = self.expr(e.value, env)
             if isinstance(base, InstArray):
@@ -728,7 +748,8 @@ class ClassBuilder:
                 num = _number(other, e.span)
                 if e.op == "/":
                     if num == 0:
-                        fail("division by zero", e.span, code="A031")
+                        fail("division by zero", e.span, "divide by a non-zero number",
+                             code="A031")
                     num = 1 / num
                 by = repr(float(num))
             return self.emit("scale", [tensor], [tensor.type], {"by": by}, span=e.span,
@@ -754,10 +775,10 @@ class ClassBuilder:
         value = self.el.eval_static(idx_expr, env)
         if not isinstance(value, int) or isinstance(value, bool):
             fail(f"an instance index must be a static int, got {_show(value)}", idx_expr.span,
-                 code="A031")
+                 "index instance arrays with a for variable or a number", code="A031")
         if not 0 <= value < len(arr.items):
             fail(f"index {value} is out of range for `{arr.name}` of size {len(arr.items)}",
-                 idx_expr.span, code="A031")
+                 idx_expr.span, f"valid indices are 0..{len(arr.items)}", code="A031")
         inst = arr.items[value]
         # Inside a rollable `for k in 0..n`, blocks[k] reads the same in every iteration.
         if isinstance(idx_expr, S.Name) and any(f.sym == idx_expr.id for f in self.loops
@@ -773,12 +794,14 @@ class ClassBuilder:
         if isinstance(func, S.Index):
             return self.call_inst(self.expr(func, env), e, env, with_)
         if not isinstance(func, S.Name):
-            fail("only names can be called", func.span, code="A031")
+            fail("only names can be called", func.span,
+                 "call an op, a block or an instance by name: `layer(x)`", code="A031")
         found = env.find(func.id)
         if found is not None:
             if isinstance(found[0], Inst):
                 return self.call_inst(found[0], e, env, with_)
-            fail(f"`{func.id}` is not callable", func.span, code="A031")
+            fail(f"`{func.id}` is not callable", func.span,
+                 "only ops, blocks and instances can be called", code="A031")
         if with_:
             fail("`with` adapters go on a named instance shared across iterations", e.span,
                  "write `let core = layer()` before the loop, then `core(x) with ...`",
@@ -823,21 +846,24 @@ class ClassBuilder:
         if expected is not None:
             if len(args) < expected or len(args) > expected + n_static:
                 fail(f"{what} takes {expected} tensor input(s), got {len(args)}", e.span,
-                     code="A032")
+                     "options go as keywords, e.g. attention(x, heads=4)", code="A032")
             args = args[:expected]
         elif not args:
-            fail(f"{what} needs at least one tensor input", e.span, code="A032")
+            fail(f"{what} needs at least one tensor input", e.span, "e.g. concat(a, b)",
+                 code="A032")
         out = []
         for a in args:
             v = self.expr(a, env)
             if not isinstance(v, TensorVal):
-                fail(f"{what} expects a tensor here, got {_show(v)}", a.span, code="A031")
+                fail(f"{what} expects a tensor here, got {_show(v)}", a.span,
+                     "static options go as keywords, e.g. hidden=4*d", code="A031")
             out.append(v)
         return out
 
     def call_inst(self, inst: Any, e: S.Call, env: Env, with_=()) -> Any:
         if not isinstance(inst, Inst):
-            fail("only instances can be called", e.func.span, code="A031")
+            fail("only instances can be called", e.func.span,
+                 "make one with `let name = block()`", code="A031")
         if e.kwargs:
             fail(f"instance `{inst.name}` already has its arguments; pass only tensors here",
                  e.kwargs[0].span, f"set them where it is made: `let {inst.name} = "
@@ -898,7 +924,7 @@ class ClassBuilder:
                 fail(f"`{opdef.name}` needs `{name}=`", span,
                      f"e.g. {opdef.name}(x, {name}=...)", code="A032")
             fail(f"`{opdef.name}` argument `{name}`: {first['msg'].lower()} (got {_show(got)})",
-                 spans.get(name, span), code="A031")
+                 spans.get(name, span), f"`{opdef.name}`: {opdef.doc}", code="A031")
 
     def materialize(self, inst: Inst, module: Module, span: Span | None) -> None:
         """Place an instance's weights on first call; later calls must match them."""
@@ -931,7 +957,8 @@ class ClassBuilder:
             kind = call.func.id if isinstance(call.func, S.Name) else ""
             if kind == "lora":
                 if call.args:
-                    fail("lora takes keyword arguments: lora(rank=8)", call.span, code="A032")
+                    fail("lora takes keyword arguments", call.span,
+                         'write lora(rank=8) or lora(rank=8, targets=["q", "v"])', code="A032")
                 kwargs = {kw.name: self.el.static(kw.value, env, "a lora option")
                           for kw in call.kwargs}
                 lora = self._adapter_attrs("lora", kwargs, call)
@@ -956,7 +983,7 @@ class ClassBuilder:
         except ValidationError as err:
             first = err.errors()[0]
             fail(f"`{kind}`: {first['msg'].lower()} ({'.'.join(map(str, first['loc']))})",
-                 call.span, code="A031")
+                 call.span, 'e.g. lora(rank=8, alpha=16, targets=["q", "v"])', code="A031")
 
     def check_adapters(self, adapt: AdaptCfg) -> None:
         if adapt.lora:
@@ -967,6 +994,7 @@ class ClassBuilder:
                          code="A034")
             if not self.lora:
                 fail(f"block `{self.name}` has no linear for lora to adapt", adapt.span,
+                     "lora adapts linears: attention, mlp, swiglu and linear have them",
                      code="A034")
         for t in adapt.untie:
             if t not in self.untie_hits:
@@ -998,7 +1026,8 @@ class ClassBuilder:
             else:
                 if not isinstance(item, tuple) or len(item) != len(st.vars):
                     fail(f"cannot unpack {_show(item)} into {len(st.vars)} names",
-                         st.iter.span, code="A031")
+                         st.iter.span, "each item needs one value per name, e.g. "
+                         "`for b, n in [(0, 3), (1, 5)]`", code="A031")
                 for name, v in zip(st.vars, item):
                     body_env.set(name, v, st.span)
             self.loops.append(LoopFrame(var, len(items), "for", sym))
@@ -1018,7 +1047,7 @@ class ClassBuilder:
 
     def _finish_for(self, st, env, label, inits, iterations, rollable) -> None:
         var = st.vars[0]
-        modules = [_collapse(scope) for _, scope in iterations]
+        modules = [_collapse(scope, st.span) for _, scope in iterations]
         graphs = [_rewrite_refs(gb.graph, scope) for gb, scope in iterations]
         if any(m is not None for m in modules):
             self.scope.modules[label] = Stack(
@@ -1087,7 +1116,7 @@ class ClassBuilder:
             if out.type != inits[name].type:
                 fail(f"the loop changes `{name}` from {inits[name].type} to {out.type}",
                      st.span, "a loop-carried value must keep its shape", code="A013")
-        module = _collapse(scope)
+        module = _collapse(scope, st.span)
         if module is not None:
             self.scope.modules[label] = Stack(items=(module,) * count.bound, span=st.span)
         else:
@@ -1104,13 +1133,14 @@ class ClassBuilder:
         value = self.el.eval_static(st.count, env)
         runtime = isinstance(value, RuntimeParam)
         if not runtime and (not isinstance(value, int) or isinstance(value, bool)):
-            fail(f"a loop count must be an int, got {_show(value)}", st.count.span, code="A031")
+            fail(f"a loop count must be an int, got {_show(value)}", st.count.span,
+                 "e.g. `loop 4 { ... }` or `loop r max 64 { ... }`", code="A031")
         mx = None
         if st.max is not None:
             mx = self.el.static(st.max, env, "a loop max")
             if not isinstance(mx, int) or isinstance(mx, bool) or mx < 1:
                 fail(f"a loop max must be a positive int, got {_show(mx)}", st.max.span,
-                     code="A031")
+                     "e.g. `loop r max 64`", code="A031")
         if runtime:
             if mx is None:
                 fail(f"the run-time loop over `{value.name}` needs a max", st.count.span,
@@ -1118,14 +1148,15 @@ class ClassBuilder:
                      "per-iteration weights", code="A024")
             if value.default > mx:
                 fail(f"{value.name} = {value.default} is over the loop max {mx}", st.max.span,
-                     code="A022")
+                     f"raise the max or lower `{value.name}`", code="A022")
             count = Count(value=value.default, param=value.name, max=mx)
         else:
             if value < 0:
                 fail(f"a loop count must not be negative, got {value}", st.count.span,
-                     code="A031")
+                     "check the count expression", code="A031")
             if mx is not None and value > mx:
-                fail(f"loop count {value} is over its max {mx}", st.count.span, code="A022")
+                fail(f"loop count {value} is over its max {mx}", st.count.span,
+                     "raise the max or lower the count", code="A022")
             count = Count(value=value)
         if count.bound > self.el.budget.max_nodes:
             fail(f"a loop of {count.bound:,} iterations is over the size budget",
@@ -1151,10 +1182,11 @@ class ClassBuilder:
             opts[kw.name] = self.el.static(kw.value, env, "a halting option")
         if opts["per"] not in ("token", "sequence"):
             fail(f'per must be "token" or "sequence", got {_show(opts["per"])}', u.span,
+                 'per="token" freezes each position; per="sequence" whole sequences',
                  code="A035")
         tol = _number(opts["tol"], u.span)
         if tol <= 0:
-            fail("tol must be positive", u.span, code="A035")
+            fail("tol must be positive", u.span, "e.g. tol=1e-3 (relative change)", code="A035")
         return (carried.index(state), float(tol), opts["per"])
 
     def _label(self, label: str | None, default: str, span) -> str:
@@ -1192,7 +1224,8 @@ class ClassBuilder:
         for name in carried:
             v = body_env.vars.get(name)
             if not isinstance(v, TensorVal):
-                fail(f"`{name}` must stay a tensor in the loop body", st.span, code="A031")
+                fail(f"`{name}` must stay a tensor in the loop body", st.span,
+                     "assign it a tensor in every iteration", code="A031")
             v = self.capture(v)
             gb.graph.outputs.append(v.id)
             outs.append(v)
@@ -1275,7 +1308,8 @@ class OpCtx:
             return self.inst.ref
         last, old = self.inst.ref.path[-1]
         if old is not None:
-            self.fail("an element of an instance array cannot be untied")
+            self.fail("an element of an instance array cannot be untied",
+                      "untie the ops inside the block instead")
         return Ref(path=self.inst.ref.path[:-1] + ((last, idx),))
 
     def emit(self, prim: str, inputs, out_type: TensorType, attrs=None, ref=None, hint=""):
@@ -1397,10 +1431,10 @@ def _strip(module: Module) -> Any:
     return module.model_dump()
 
 
-def _collapse(scope: ModuleScope) -> Module | None:
+def _collapse(scope: ModuleScope, span: Span | None) -> Module | None:
     """One iteration's instances: the single instance itself, or a Group of them."""
     for n, m in scope.modules.items():
-        _check_called(n, m, None)
+        _check_called(n, m, span)
     live = list(scope.modules.items())
     if not live:
         return None
@@ -1522,13 +1556,15 @@ def _show(v: Any) -> str:
 
 def _number(v: Any, span) -> int | float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        fail(f"expected a number, got {_show(v)}", span, code="A031")
+        fail(f"expected a number, got {_show(v)}", span, "use an int or a float here",
+             code="A031")
     return v
 
 
 def _boolean(v: Any, span) -> bool:
     if not isinstance(v, bool):
-        fail(f"expected true or false, got {_show(v)}", span, code="A031")
+        fail(f"expected true or false, got {_show(v)}", span,
+             "conditions compare numbers, e.g. `if depth > 2`", code="A031")
     return v
 
 
@@ -1538,7 +1574,8 @@ _MAX_INT = 2 ** 63
 def _arith(e: S.BinOp, a: Any, b: Any) -> Any:
     if isinstance(a, (LoopIndex, RuntimeScalar)) or isinstance(b, (LoopIndex, RuntimeScalar)):
         if e.op not in ("+", "-", "*", "/", "//", "%"):
-            fail(f"`{e.op}` is not supported on a loop index", e.span, code="A031")
+            fail(f"`{e.op}` is not supported on a loop index", e.span,
+                 "loop indices take + - * / // %", code="A031")
         _number(a, e.left.span) if not isinstance(a, (LoopIndex, RuntimeScalar)) else None
         _number(b, e.right.span) if not isinstance(b, (LoopIndex, RuntimeScalar)) else None
         return RuntimeScalar(f"({_code(a)} {e.op} {_code(b)})")
@@ -1564,20 +1601,22 @@ def _arith(e: S.BinOp, a: Any, b: Any) -> Any:
             r = x % y
         elif e.op == "**":
             if isinstance(y, int) and abs(y) > 256:
-                fail(f"exponent {y} is too large", e.right.span, code="A031")
+                fail(f"exponent {y} is too large", e.right.span, "exponents are at most 256",
+                     code="A031")
             r = x ** y
             if isinstance(r, complex):
-                fail("this power has no real value", e.span, code="A031")
+                fail("this power has no real value", e.span, "check the sign of the base",
+                     code="A031")
         else:
             raise AssertionError(e.op)
     except ZeroDivisionError:
-        fail("division by zero", e.span, code="A031")
+        fail("division by zero", e.span, "divide by a non-zero number", code="A031")
     except OverflowError:
-        fail("this number is too large", e.span, code="A031")
+        fail("this number is too large", e.span, "static numbers fit in 64 bits", code="A031")
     if isinstance(r, int) and abs(r) >= _MAX_INT:
-        fail("this number is too large", e.span, code="A031")
+        fail("this number is too large", e.span, "static numbers fit in 64 bits", code="A031")
     if isinstance(r, float) and not math.isfinite(r):
-        fail("this number is not finite", e.span, code="A031")
+        fail("this number is not finite", e.span, "check for overflow", code="A031")
     return r
 
 
@@ -1590,11 +1629,14 @@ def _compare(e: S.Compare, a: Any, b: Any) -> bool:
 
 def _index(seq: Any, idx: Any, e: S.Index) -> Any:
     if not isinstance(seq, tuple):
-        fail(f"cannot index {_show(seq)}", e.value.span, code="A031")
+        fail(f"cannot index {_show(seq)}", e.value.span, "only lists and tuples can be indexed",
+             code="A031")
     if not isinstance(idx, int) or isinstance(idx, bool):
-        fail(f"an index must be an int, got {_show(idx)}", e.index.span, code="A031")
+        fail(f"an index must be an int, got {_show(idx)}", e.index.span, "e.g. xs[0]",
+             code="A031")
     if not -len(seq) <= idx < len(seq):
-        fail(f"index {idx} is out of range for {len(seq)} items", e.index.span, code="A031")
+        fail(f"index {idx} is out of range for {len(seq)} items", e.index.span,
+             f"valid indices are 0..{len(seq)}", code="A031")
     return seq[idx]
 
 
@@ -1615,7 +1657,7 @@ _BUILTINS = {
 }
 
 
-def _coerce(value: Any, typ: str, name: str, span) -> Any:
+def _coerce(value: Any, typ: str, name: str, span, where: str = "") -> Any:
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -1623,7 +1665,8 @@ def _coerce(value: Any, typ: str, name: str, span) -> Any:
         "choice": isinstance(value, str),
     }[typ]
     if not ok:
-        fail(f"`{name}` is a {typ}, but got {_show(value)}", span,
+        article = "an" if typ == "int" else "a"
+        fail(f"`{name}` is {article} {typ}, but got {_show(value)}{where}", span,
              "choices are strings in quotes" if typ == "choice" else None, code="A031")
     return float(value) if typ == "float" else value
 

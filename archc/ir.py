@@ -265,6 +265,7 @@ class ParamInfo(BaseModel):
     default: Any
     value: Any
     domain: Any = None
+    domain_text: str | None = None
     runtime: bool = False
 
 
@@ -313,3 +314,94 @@ def resolve(block: BlockDef, ref: Ref, classes: dict[str, BlockDef]) -> Module |
                 return None
             current = current.items[i]
     return current
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def format_module(m: Module) -> str:
+    """One-line summary of a module tree: linear(64->32), 4 x Layer, attention{...}."""
+    if isinstance(m, BlockInst):
+        return m.cls
+    if isinstance(m, Leaf):
+        a = dict(m.args)
+        if m.op in ("linear", "lora"):
+            extra = f", rank={a['rank']}" if m.op == "lora" else ""
+            return f"{m.op}({a['in']}->{a['out']}{extra})"
+        if m.op == "embed":
+            return f"embed({a['vocab']}x{a['dim']})"
+        if "dim" in a:
+            return f"{m.op}({a['dim']})"
+        return f"{m.op}({', '.join(f'{k}={v}' for k, v in a.items())})"
+    if isinstance(m, Group):
+        inner = ", ".join(f"{n}: {format_module(c)}" for n, c in m.children)
+        return f"{m.op or 'group'}{{{inner}}}"
+    if isinstance(m, Stack):
+        first = m.items[0] if m.items else None
+        if first is not None and all(i.model_dump() == first.model_dump() for i in m.items):
+            return f"{len(m.items)} x {format_module(first)}"
+        return "[" + ", ".join(format_module(i) for i in m.items) + "]"
+    raise AssertionError(m)
+
+
+def _format_attr(value: Any) -> str:
+    if isinstance(value, Count):
+        if value.param:
+            return f"{value.param} (default {value.value}, max {value.max})"
+        return str(value.value)
+    return repr(value)
+
+
+def format_graph(graph: Graph, indent: str = "  ") -> list[str]:
+    lines = []
+    for node in graph.nodes:
+        outs = ", ".join(node.outs)
+        args = ", ".join(node.inputs)
+        types = ", ".join(str(t) for t in node.types)
+        where = f"  # :{node.span.line}" if node.span else ""
+        if node.op == "loop":
+            kind = node.attr("kind")
+            count = _format_attr(node.attr("count"))
+            halt = node.attr("halt")
+            until = f" until converged(tol={halt[1]}, per={halt[2]})" if halt else ""
+            ins = ", ".join(f"{v}: {t}" for v, t in node.body.inputs)
+            lines.append(f"{indent}{outs} = {kind} {node.attr('var')} in {count} "
+                         f"[{node.attr('label')}]{until}({args}) {{{where}")
+            lines.append(f"{indent}  ({ins}) ->")
+            lines.extend(format_graph(node.body, indent + "    "))
+            lines.append(f"{indent}  yield {', '.join(node.body.outputs)}")
+            lines.append(f"{indent}}} : {types}")
+            continue
+        attrs = {k: v for k, v in node.attrs if k != "cls"}
+        attr_text = ("{" + ", ".join(f"{k}={_format_attr(v)}" for k, v in attrs.items()) + "}"
+                     if attrs else "")
+        target = node.attr("cls") if node.op == "call" else node.op
+        ref = f"[{node.ref}]" if node.ref is not None else ""
+        lines.append(f"{indent}{outs} = {target}{ref}{attr_text}({args}) : {types}{where}")
+    return lines
+
+
+def format_block(block: BlockDef) -> str:
+    head = f"class {block.cls}  # {block.name}"
+    if block.span:
+        head += f" ({block.span.file}:{block.span.line})"
+    lines = [head]
+    if block.iteration:
+        lines.append(f"  iteration {block.iteration} < {block.iterations}")
+    for name, m in block.modules:
+        lines.append(f"  {name}: {format_module(m)}")
+    ins = ", ".join(f"{v}: {t}" for v, t in block.graph.inputs)
+    lines.append(f"  def ({ins}):")
+    lines.extend(format_graph(block.graph, "    "))
+    lines.append(f"    return {', '.join(block.graph.outputs)}")
+    return "\n".join(lines)
+
+
+def format_program(program: Program) -> str:
+    """The IR as text: what `archc compile --print-ir` shows and golden tests compare."""
+    params = ", ".join(f"{p.name}={p.value!r}" for p in program.params.values())
+    out = [f"program {program.name}({params})"]
+    for block in program.classes.values():
+        out.append("")
+        out.append(format_block(block))
+    return "\n".join(out) + "\n"

@@ -305,7 +305,7 @@ def _syntax_error(filename, text, line, col, token, expected) -> ArchcError:
         return ArchcError("the spec ends too early", _point(filename, line, col),
                           f"expected {expect}; is a '}}' or ')' missing?", code="A001")
     found = repr(str(token))
-    hint = f"expected {expect}" if expect else None
+    hint = f"expected {expect}" if expect else "check the syntax just before this token"
     if "RBRACE" in (expected or ()) or "RPAR" in (expected or ()):
         hint = (hint + "; " if hint else "") + "check for an unclosed bracket before this"
     return ArchcError(f"unexpected {found}", _point(filename, line, col, len(str(token))),

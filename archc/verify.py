@@ -1,0 +1,94 @@
+"""The IR verifier: runs after elaboration and after every pass.
+
+It checks what every backend relies on: values are defined before use (SSA, no cycles),
+module refs resolve to weights of the right kind, block calls match their class's
+signature, loop regions are closed and keep their carried types, and elementwise ops see
+equal shapes. A failure here is a compiler bug, not a spec error, and says so.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from .errors import ArchcError
+from .ir import BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack, resolve
+
+_BINARY = {"add", "sub", "mul"}
+_LEAF_OPS = {"linear", "lora", "embed", "rmsnorm", "layernorm", "layerscale", "scalar", "bias"}
+
+
+def verify(program: Program, after: str = "elaboration") -> Program:
+    for block in program.classes.values():
+        _verify_graph(program, block, block.graph, after, top=True)
+    if program.root not in program.classes:
+        _bug(after, f"root class {program.root} is missing", None)
+    return program
+
+
+def _bug(after: str, message: str, node: Node | None):
+    raise ArchcError(f"internal compiler error after {after}: {message}",
+                     node.span if node is not None else None,
+                     "this is a bug in archc, not in the spec; please report it", code="A900")
+
+
+def _verify_graph(program: Program, block: BlockDef, graph: Graph, after: str,
+                  top: bool) -> None:
+    if not nx.is_directed_acyclic_graph(graph.g):
+        _bug(after, f"cycle in {block.cls}", None)
+    defined = {v for v, _ in graph.inputs}
+    for node in graph.nodes:
+        for v in node.inputs:
+            if v not in defined:
+                _bug(after, f"{block.cls}: {node.op} reads {v} before it is defined", node)
+        if len(node.outs) != len(node.types):
+            _bug(after, f"{block.cls}: {node.op} has {len(node.outs)} outputs and "
+                 f"{len(node.types)} types", node)
+        for o in node.outs:
+            if o in defined:
+                _bug(after, f"{block.cls}: {o} is defined twice", node)
+            defined.add(o)
+        _verify_node(program, block, graph, node, after)
+    for v in graph.outputs:
+        if v not in defined:
+            _bug(after, f"{block.cls}: output {v} is not defined", None)
+
+
+def _verify_node(program: Program, block: BlockDef, graph: Graph, node: Node,
+                 after: str) -> None:
+    types = [graph.types[v] for v in node.inputs]
+    if node.op in _BINARY and types[0] != types[1]:
+        _bug(after, f"{node.op} of {types[0]} and {types[1]}", node)
+    if node.op in _LEAF_OPS or node.op == "call":
+        if node.ref is None:
+            _bug(after, f"{node.op} has no module", node)
+        module = resolve(block, node.ref, program.classes)
+        if module is None:
+            _bug(after, f"{node.op} names {node.ref}, which {block.cls} does not have", node)
+        if node.op == "call":
+            if not isinstance(module, BlockInst) or module.cls != node.attr("cls"):
+                _bug(after, f"call of {node.attr('cls')} names {node.ref}", node)
+            callee = program.classes[module.cls]
+            want = [t for _, t in callee.graph.inputs]
+            if want != types:
+                _bug(after, f"call of {callee.cls} with {types}, expected {want}", node)
+        else:
+            leaf = module.items[0] if isinstance(module, Stack) else module
+            if not isinstance(leaf, Leaf) or leaf.op != node.op:
+                _bug(after, f"{node.op} names a {getattr(leaf, 'op', leaf.kind)} module", node)
+            if node.op in ("linear", "lora") and dict(leaf.args)["in"] != types[0].width:
+                _bug(after, f"{node.op} of width {types[0].width} into {leaf.args}", node)
+    if node.op == "loop":
+        body = node.body
+        if body is None:
+            _bug(after, "loop without a body", node)
+        carried = len(node.outs)
+        if len(body.inputs) != len(node.inputs) or len(body.outputs) != carried:
+            _bug(after, "loop body does not match the loop's inputs and outputs", node)
+        for (vid, t), outer in zip(body.inputs, types):
+            if t != outer:
+                _bug(after, f"loop input {vid} is {t} but receives {outer}", node)
+        if node.attr("kind") == "loop":
+            for (vid, t), out in zip(body.inputs[:carried], body.outputs):
+                if body.types[out] != t:
+                    _bug(after, f"loop changes the type of carried {vid}", node)
+        _verify_graph(program, block, body, after, top=False)

@@ -1,0 +1,173 @@
+"""How fast archc turns specs/transformer.arch into an IR, Python source and an nn.Module.
+
+    .venv/bin/python bench/compile_speed.py [--depth 48] [--repeat 50] [--build-repeat 5]
+
+Model params: d=512, heads=8, kv_heads=4, hidden=1376 (vocab default), depth from --depth.
+
+Rows (wall clock, time.perf_counter; medians unless marked otherwise):
+  import archc              the first `import archc` in this process (no torch)
+  spec->IR cold             the first archc.load(text) in this process: builds the parser
+  spec->IR warm             archc.load(text) afterwards (parse + check + elaborate)
+  spec->source              archc.compile_source(text) (the above + codegen)
+  spec->module (cpu)        archc.build(text): load + codegen + compile/exec of the
+                            generated module + construction, with real parameter allocation
+                            and torch's default init. archc.build caches the exec'd module in
+                            sys.modules by source digest; this script removes that entry
+                            before each run, so every run pays compile+exec ("fresh"). The
+                            cached path is reported as its own row.
+  param alloc+init          allocating tensors of the same shapes as the built module's
+                            parameters and buffers and running torch's default initialisers
+                            on them (Linear: kaiming_uniform_, Embedding: normal_, norms:
+                            ones_) -- the cost any hand-written model of this size pays too
+  spec->module - alloc      spec->module (cpu) minus param alloc+init (difference of medians)
+  spec->module (meta)       archc.build under `with torch.device('meta')`: everything except
+                            real allocation/init. (The first meta build in a process pays a
+                            one-off torch cost, importing its meta decompositions; that run is
+                            shown separately and not counted.)
+
+Targets: spec->IR warm < 50 ms; spec->module excluding parameter allocation < 100 ms (checked
+on both the "- alloc" and the "meta" rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_PATH = ROOT / "specs" / "transformer.arch"
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
+
+def median_ms(fn, n: int) -> tuple[float, float]:
+    """(median, min) of n runs of fn, in ms."""
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts), min(ts)
+
+
+def forget_generated_modules() -> None:
+    for name in [k for k in sys.modules if k.startswith("archc_generated")]:
+        del sys.modules[name]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--depth", type=int, default=48)
+    ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=1376)
+    ap.add_argument("--repeat", type=int, default=50,
+                    help="runs for spec->IR, spec->source and the meta build (default 50)")
+    ap.add_argument("--build-repeat", type=int, default=5,
+                    help="runs for builds that allocate real parameters (default 5; each one "
+                         "initialises ~%d M params at the default size)" % 139)
+    a = ap.parse_args(argv)
+    params = dict(d=a.d, depth=a.depth, heads=a.heads, kv_heads=a.kv_heads, hidden=a.hidden)
+    text = SPEC_PATH.read_text()
+    rows: list[tuple[str, float, str, str]] = []  # (name, ms, how, target verdict)
+
+    sys.path.insert(0, str(ROOT))
+    t = time.perf_counter()
+    import archc
+    rows.append(("import archc", (time.perf_counter() - t) * 1e3, "once", ""))
+
+    t = time.perf_counter()
+    archc.load(text, **params)
+    rows.append(("spec->IR cold (first load)", (time.perf_counter() - t) * 1e3, "once", ""))
+    torch_loaded_by_load = "torch" in sys.modules  # load is documented not to import torch
+
+    med, lo = median_ms(lambda: archc.load(text, **params), a.repeat)
+    rows.append(("spec->IR warm", med, f"median of {a.repeat} (min {lo:.1f})",
+                 f"{'PASS' if med < 50 else 'FAIL'} (< 50)"))
+    ir_ms = med
+
+    archc.compile_source(text, **params)
+    med, lo = median_ms(lambda: archc.compile_source(text, **params), a.repeat)
+    rows.append(("spec->source", med, f"median of {a.repeat} (min {lo:.1f})", ""))
+    rows.append(("  codegen alone (source - IR)", med - ir_ms, "difference", ""))
+
+    t = time.perf_counter()
+    import torch
+    from torch import nn
+    rows.append(("import torch", (time.perf_counter() - t) * 1e3, "once", ""))
+    torch.manual_seed(0)
+
+    def build_fresh():
+        forget_generated_modules()
+        return archc.build(text, **params)
+
+    t = time.perf_counter()
+    model = build_fresh()
+    rows.append(("spec->module (cpu), first", (time.perf_counter() - t) * 1e3, "once", ""))
+    n_params = sum(p.numel() for p in model.parameters())
+    shapes = []
+    for mod in model.modules():
+        for p in mod.parameters(recurse=False):
+            shapes.append((type(mod), p.shape, p.dtype))
+        for b in mod.buffers(recurse=False):
+            shapes.append((None, b.shape, b.dtype))
+    del model
+
+    def alloc_init():
+        out = []
+        for kind, shape, dtype in shapes:
+            x = torch.empty(shape, dtype=dtype)
+            with torch.no_grad():
+                if kind is not None and issubclass(kind, nn.Linear) and x.dim() == 2:
+                    nn.init.kaiming_uniform_(x, a=math.sqrt(5))
+                elif kind is not None and issubclass(kind, nn.Embedding):
+                    nn.init.normal_(x)
+                elif kind is not None:
+                    nn.init.ones_(x)
+                else:
+                    x.zero_()  # buffers (rope tables): just touch them
+            out.append(x)
+        return out
+
+    med_build, lo = median_ms(build_fresh, a.build_repeat)
+    rows.append(("spec->module (cpu), fresh", med_build, f"median of {a.build_repeat} (min {lo:.1f})", ""))
+    med, lo = median_ms(lambda: archc.build(text, **params), a.build_repeat)
+    rows.append(("spec->module (cpu), cached exec", med, f"median of {a.build_repeat} (min {lo:.1f})", ""))
+    med_alloc, lo = median_ms(alloc_init, a.build_repeat)
+    rows.append((f"param alloc+init ({n_params / 1e6:.1f} M params)", med_alloc,
+                 f"median of {a.build_repeat} (min {lo:.1f})", ""))
+    diff = med_build - med_alloc
+    rows.append(("spec->module - alloc", diff, "difference of medians",
+                 f"{'PASS' if diff < 100 else 'FAIL'} (< 100)"))
+
+    t = time.perf_counter()
+    with torch.device("meta"):
+        build_fresh()
+    rows.append(("spec->module (meta), first [torch warmup]", (time.perf_counter() - t) * 1e3, "once", ""))
+
+    def build_meta():
+        with torch.device("meta"):
+            return build_fresh()
+
+    med, lo = median_ms(build_meta, a.repeat)
+    rows.append(("spec->module (meta)", med, f"median of {a.repeat} (min {lo:.1f})",
+                 f"{'PASS' if med < 100 else 'FAIL'} (< 100)"))
+
+    print(f"archc compile speed: transformer.arch {params}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    if torch_loaded_by_load:
+        print("NOTE: archc.load imported torch")
+    w = max(len(r[0]) for r in rows)
+    print(f"{'stage'.ljust(w)}  {'ms':>9}  {'how':<26}  target")
+    for name, ms, how, verdict in rows:
+        print(f"{name.ljust(w)}  {ms:9.1f}  {how:<26}  {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

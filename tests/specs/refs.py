@@ -1,0 +1,247 @@
+"""Hand-written reference building blocks for the per-spec tests.
+
+Plain torch only: nothing here imports archc or archc.runtime. Every reference model in
+tests/specs/ is assembled from these pieces (or written out in its own test file), gets its
+own natural parameter names, and receives the archc module's weights through an explicit
+name map (see `WeightSource` / `load_exact`).
+
+Math conventions (the ones archc documents):
+  RMSNorm   x * rsqrt(mean(x^2) + 1e-6) * w
+  LayerNorm (x - mean) / sqrt(var + 1e-5) * w + b      (biased variance)
+  RoPE      rotate-half: q*cos + rotate_half(q)*sin, tables cat([freqs, freqs]), theta 1e4
+  attention causal softmax(q k^T / sqrt(dh)) v; GQA: query head h reads kv head h // (H/H_kv)
+  SwiGLU    down(silu(gate x) * up x)
+  MLP       down(gelu_erf(up x))
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ATOL = 1e-5
+
+
+# ---------------------------------------------------------------------------- norms
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        mu = x.mean(-1, keepdim=True)
+        var = (x - mu).pow(2).mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+# ---------------------------------------------------------------------------- RoPE
+
+def rope_tables(seq_len: int, head_dim: int, theta: float = 10000.0):
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    pos = torch.arange(seq_len, dtype=torch.float32)
+    freqs = pos[:, None] * inv_freq[None, :]            # [T, dh/2]
+    angles = torch.cat([freqs, freqs], dim=-1)          # [T, dh]
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    """x: [B, H, T, dh]"""
+    return x * cos + rotate_half(x) * sin
+
+
+# ---------------------------------------------------------------------------- attention
+
+def causal_attention(q, k, v):
+    """q: [B, H, T, dh]; k, v: [B, H_kv, T, dh]. Explicit causal softmax with GQA."""
+    H, Hkv = q.shape[1], k.shape[1]
+    assert H % Hkv == 0
+    group = H // Hkv
+    # query head h uses kv head h // group
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    T = q.shape[2]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+    scores = scores.masked_fill(mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
+def heads(x, n):
+    """[B, T, n*dh] -> [B, n, T, dh]"""
+    B, T, D = x.shape
+    return x.reshape(B, T, n, D // n).permute(0, 2, 1, 3)
+
+
+def unheads(x):
+    """[B, n, T, dh] -> [B, T, n*dh]"""
+    B, n, T, dh = x.shape
+    return x.permute(0, 2, 1, 3).reshape(B, T, n * dh)
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query causal self-attention with RoPE (Llama names)."""
+
+    def __init__(self, d: int, n_heads: int, n_kv_heads: int | None = None):
+        super().__init__()
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
+        self.head_dim = d // n_heads
+        self.wq = nn.Linear(d, n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(n_heads * self.head_dim, d, bias=False)
+
+    def forward(self, x):
+        T = x.shape[1]
+        cos, sin = rope_tables(T, self.head_dim)
+        q = apply_rope(heads(self.wq(x), self.n_heads), cos, sin)
+        k = apply_rope(heads(self.wk(x), self.n_kv_heads), cos, sin)
+        v = heads(self.wv(x), self.n_kv_heads)
+        return self.wo(unheads(causal_attention(q, k, v)))
+
+
+# ---------------------------------------------------------------------------- MLPs
+
+class SwiGLU(nn.Module):
+    """Llama FFN: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(d, hidden, bias=False)
+        self.w3 = nn.Linear(d, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x):
+        return self.w2(torch.nn.functional.silu(self.w1(x)) * self.w3(x))
+
+
+def gelu_erf(x):
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+class GeluMLP(nn.Module):
+    """ViT FFN: fc2(gelu(fc1 x)), exact erf GELU, no biases."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x):
+        return self.fc2(gelu_erf(self.fc1(x)))
+
+
+# ---------------------------------------------------------------------------- weights
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int = 0, std: float = 0.05) -> None:
+    """Give every parameter random values so no zero/one init can hide a bug.
+
+    A parameter whose default init is a constant c (norm weights, residual scalars,
+    LayerScale gammas, gate biases, zero-init LoRA B / q-k biases) becomes c + N(0, std^2)
+    per element, so it stays in a sensible range but is no longer uniform; every other
+    parameter becomes N(0, std^2).
+    """
+    g = torch.Generator().manual_seed(seed)
+    for _, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=g) * std
+        flat = p.detach().flatten()
+        if flat.numel() > 0 and bool((flat == flat[0]).all()):
+            p.copy_(flat[0] + noise)
+        else:
+            p.copy_(noise)
+
+
+class WeightSource:
+    """Wraps the archc module's parameters; records which names were read so that
+    `load_exact` can check that the map used every archc parameter exactly once."""
+
+    def __init__(self, model: nn.Module):
+        self.params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.used: list[str] = []
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        assert name in self.params, f"archc module has no parameter {name!r}; " \
+                                    f"it has {sorted(self.params)}"
+        self.used.append(name)
+        return self.params[name]
+
+
+@torch.no_grad()
+def load_exact(ref: nn.Module, tensors: dict[str, torch.Tensor], src: WeightSource) -> None:
+    """Copy `tensors` (reference name -> value) into `ref`; every reference parameter must
+    be assigned and every archc parameter must have been read from `src`."""
+    ref_params = dict(ref.named_parameters())
+    missing = sorted(set(ref_params) - set(tensors))
+    extra = sorted(set(tensors) - set(ref_params))
+    assert not missing, f"reference parameters not assigned: {missing}"
+    assert not extra, f"assigned names the reference does not have: {extra}"
+    unused = sorted(set(src.params) - set(src.used))
+    assert not unused, f"archc parameters the map never read: {unused}"
+    for name, value in tensors.items():
+        p = ref_params[name]
+        assert p.shape == value.shape, f"{name}: reference {tuple(p.shape)} vs archc {tuple(value.shape)}"
+        p.copy_(value)
+
+
+def n_params(model: nn.Module) -> int:
+    """Unique parameter count (nn.Module.parameters() already de-duplicates shared ones)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def assert_close(actual, expected, what: str, atol: float = ATOL) -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
+    err = (actual - expected).abs().max().item()
+    assert err <= atol, f"{what}: max abs difference {err:.3e} > {atol:g}"
+
+
+def tokens(B: int = 2, T: int = 12, vocab: int = 256, seed: int = 1234) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (B, T), generator=g)
+
+
+def check_train_step(model: nn.Module, toks: torch.Tensor, lr: float = 1e-2, **fwd_kwargs) -> set[str]:
+    """One AdamW step on next-token cross-entropy: finite loss, every parameter gets a
+    finite gradient, every parameter with a non-zero gradient moves, and something moves.
+    Returns the names of the parameters that changed."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    logits = model(toks, **fwd_kwargs)
+    assert logits.shape == (*toks.shape, logits.shape[-1]), f"bad logits shape {tuple(logits.shape)}"
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1))
+    assert torch.isfinite(loss), f"loss is not finite: {loss.item()}"
+    opt.zero_grad()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, f"parameters that received no gradient: {no_grad}"
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad}"
+    opt.step()
+    stuck = [n for n, p in model.named_parameters()
+             if p.grad.abs().max() > 0 and torch.equal(p.detach(), before[n])]
+    assert not stuck, f"parameters with a non-zero gradient did not change: {stuck}"
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed, "the optimizer step changed no parameter"
+    return changed
