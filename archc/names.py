@@ -28,7 +28,7 @@ state_dict to to_empty train training type update values xpu zero_grad
 
 # Names the generated file itself uses.
 _GENERATED = frozenset("""
-self torch nn F rt math super halt
+self torch nn F rt math super
 """.split())
 
 

@@ -7,6 +7,8 @@ all layers, LoRA with zero-init B, LayerScale, learnable scalars, halting for lo
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -119,9 +121,17 @@ class Bias(nn.Module):
 
 
 def trunc_normal_like(x: torch.Tensor, std: float, scale: float = 1.0) -> torch.Tensor:
-    """A fresh random state shaped like x: N(0, std^2) cut at 3 std, times scale."""
-    out = torch.empty_like(x)
-    nn.init.trunc_normal_(out, mean=0.0, std=std, a=-3 * std, b=3 * std)
+    """A fresh random state shaped like x: N(0, std^2) cut at 3 std, times scale.
+
+    Inverse-CDF sampling (one uniform draw per element): exact, and free of the
+    data-dependent rejection loop that keeps torch.nn.init.trunc_normal_ out of
+    torch.compile(fullgraph=True).
+    """
+    lo = 0.5 * (1.0 + math.erf(-3.0 / math.sqrt(2.0)))
+    hi = 0.5 * (1.0 + math.erf(3.0 / math.sqrt(2.0)))
+    u = torch.empty_like(x).uniform_(2.0 * lo - 1.0, 2.0 * hi - 1.0)
+    out = torch.erfinv(u) * (std * math.sqrt(2.0))
+    out = out.clamp(-3.0 * std, 3.0 * std)
     return out * scale if scale != 1.0 else out
 
 

@@ -440,10 +440,12 @@ class _Forward:
         header = self._for_header(node, var, n)
         if halt is not None:
             state = names[halt[0]]
-            self.lines.append(f'{ind}halt = rt.Halting({state}, tol={halt[1]!r}, '
+            halter = self._scratch(f"halt:{node.outs[0]}", "halt", start, end)
+            prev = self._scratch(f"prev:{node.outs[0]}", f"{state}_prev", start, end)
+            self.lines.append(f'{ind}{halter} = rt.Halting({state}, tol={halt[1]!r}, '
                               f'per="{halt[2]}")')
             self.lines.append(f"{ind}{header}")
-            self.lines.append(f"{ind}{INDENT}{state}_prev = {state}")
+            self.lines.append(f"{ind}{INDENT}{prev} = {state}")
         else:
             self.lines.append(f"{ind}{header}")
         self._graph(body, ind + INDENT)
@@ -453,11 +455,15 @@ class _Forward:
         for out, name in zip(node.outs, names):
             self.namer.bind(out, name)
         if halt is not None:
-            state = names[halt[0]]
-            self.lines.append(f"{ind}{INDENT}{state} = halt.update({state}_prev, {state})")
-            self.lines.append(f"{ind}{INDENT}if halt.done():")
+            self.lines.append(f"{ind}{INDENT}{state} = {halter}.update({prev}, {state})")
+            self.lines.append(f"{ind}{INDENT}if {halter}.done():")
             self.lines.append(f"{ind}{INDENT * 2}break")
         self.span_line = None
+
+    def _scratch(self, key: str, hint: str, start: int, end: int) -> str:
+        """A helper variable that must live through a whole loop."""
+        self.namer.last[key] = end
+        return self.namer.assign(key, hint, start)
 
     def _for_header(self, node: Node, var: str, count: str) -> str:
         """`for layer in self.layers:` when the body only calls the stack's items."""
