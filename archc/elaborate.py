@@ -52,6 +52,14 @@ class TensorVal:
 
 
 @dataclass
+class Returned:
+    """What `return x, v=a.v` hands back: the value and its named outputs."""
+
+    value: TensorVal
+    named: dict[str, TensorVal]
+
+
+@dataclass
 class LoopIndex:
     """The index of a `loop`: a run-time int, usable in scalar arithmetic only."""
 
@@ -285,6 +293,11 @@ class Elaborator:
         tok = cb.input("tokens", TOKENS)
         env.set("tokens", tok)
         out = cb.body(self.model.body, env)
+        if isinstance(out, Returned):
+            if out.named:
+                fail("named outputs are for blocks; the model returns one tensor",
+                     self.model.span, "return the logits only", code="A030")
+            out = out.value
         if out is None:
             fail("the model computes nothing", self.model.span,
                  "end the model with `return logits`", code="A030")
@@ -430,12 +443,15 @@ class Elaborator:
             if out is None:
                 fail(f"block `{block.name}` computes nothing", block.name_span,
                      "end it with `return x`", code="A030")
-            if not isinstance(out, TensorVal):
+            if not isinstance(out, (TensorVal, Returned)):
                 fail(f"block `{block.name}` must return one tensor", block.name_span,
                      "end it with `return x`", code="A030")
             if adapt is not None:
                 cb.check_adapters(adapt)
-            self.classes[cls] = cb.finish([out], tuple(graph_inputs))
+            named = out.named if isinstance(out, Returned) else {}
+            out = out.value if isinstance(out, Returned) else out
+            self.classes[cls] = cb.finish([out] + list(named.values()), tuple(graph_inputs),
+                                          tuple(named))
         finally:
             self.block_stack.pop()
         self.class_keys[key] = cls
@@ -558,9 +574,9 @@ class ClassBuilder:
         last = None
         for st in stmts:
             result = self.stmt(st, env)
-            if isinstance(st, S.Return):
+            if isinstance(result, Returned):
                 return result
-            if result is not None:
+            if isinstance(result, TensorVal):
                 last = result
         return last
 
@@ -601,7 +617,18 @@ class ClassBuilder:
             if not isinstance(value, TensorVal):
                 fail("`return` needs a tensor", st.value.span,
                      "return the value a block or model computes, e.g. `return x`", code="A030")
-            return value
+            named: dict[str, TensorVal] = {}
+            for kw in st.outputs:
+                if kw.name in named:
+                    fail(f"output `{kw.name}` is named twice", kw.span, "rename one of them",
+                         code="A011")
+                names.check(kw.name, kw.span, "output")
+                v = self.expr(kw.value, env)
+                if not isinstance(v, TensorVal):
+                    fail(f"output `{kw.name}` must be a tensor, got {_show(v)}", kw.span,
+                         "named outputs expose values computed in the block", code="A030")
+                named[kw.name] = v
+            return Returned(value, named)
         raise AssertionError(st)
 
     def _bind(self, env: Env, name: str, value: Any, span: Span | None) -> None:
@@ -881,13 +908,18 @@ class ClassBuilder:
         return self.expand_op(opdef, inst, inputs, e, env)
 
     def call_block(self, inst: Inst, block: S.Block, inputs, adapt, span) -> TensorVal:
-        cls, out_t = self.el.block_class(block, inst.kwargs, inputs, adapt, span)
+        cls, _ = self.el.block_class(block, inst.kwargs, inputs, adapt, span)
         self.materialize(inst, BlockInst(cls=cls, span=inst.span), span)
         attrs = {"cls": cls}
         if adapt is not None:
             attrs["iteration"] = adapt.var
-        return self.emit("call", inputs, [out_t], attrs, ref=inst.ref, span=span,
-                         hint="y")[0]
+        callee = self.el.classes[cls]
+        types = [callee.graph.types[o] for o in callee.graph.outputs]
+        out, *extra = self.emit("call", inputs, types, attrs, ref=inst.ref, span=span, hint="y")
+        for name, v in zip(callee.output_names, extra):
+            out.fields[name] = v
+            self.gb.graph.names.setdefault(v.id, name)
+        return out
 
     def expand_op(self, opdef, inst: Inst | None, inputs, e: S.Call, env: Env) -> Any:
         if inst is None:
@@ -1032,7 +1064,7 @@ class ClassBuilder:
                     body_env.set(name, v, st.span)
             self.loops.append(LoopFrame(var, len(items), "for", sym))
             try:
-                self.body(st.body, body_env)
+                _no_return(self.body(st.body, body_env), st)
             finally:
                 self.loops.pop()
             scope = self.scope
@@ -1102,7 +1134,7 @@ class ClassBuilder:
         body_env.set(var, LoopIndex(var), st.span)
         self.loops.append(LoopFrame(var, count.bound, "loop", var))
         try:
-            self.body(st.body, body_env)
+            _no_return(self.body(st.body, body_env), st)
         finally:
             self.loops.pop()
         for name in body_env.vars:
@@ -1245,7 +1277,7 @@ class ClassBuilder:
 
     # finishing ------------------------------------------------------------------
 
-    def finish(self, outputs: list[TensorVal], inputs) -> BlockDef:
+    def finish(self, outputs: list[TensorVal], inputs, output_names=()) -> BlockDef:
         graph = self.gb.graph
         graph.outputs = [self.capture(o).id for o in outputs]
         modules = []
@@ -1256,7 +1288,7 @@ class ClassBuilder:
             group = Group(children=tuple(self.lora.items()), op="lora")
             modules.append(("lora", Stack(items=(group,) * self.adapt.count)))
         return BlockDef(cls=self.cls, name=self.name, inputs=tuple(inputs), graph=graph,
-                        modules=tuple(modules), span=self.span,
+                        modules=tuple(modules), span=self.span, output_names=output_names,
                         iteration=self.adapt.var if self.adapt else None,
                         iterations=self.adapt.count if self.adapt else None)
 
@@ -1400,6 +1432,12 @@ class OpCtx:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _no_return(result: Any, st) -> None:
+    if isinstance(result, Returned):
+        fail("`return` inside a loop body", st.span,
+             "assign the value instead; the loop's carried values are its result", code="A030")
 
 
 def _place(inst: Inst, module: Module) -> None:

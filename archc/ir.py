@@ -246,6 +246,7 @@ class BlockDef(BaseModel):
     graph: Graph
     modules: tuple[tuple[str, Module], ...]
     span: Span | None = None
+    output_names: tuple[str, ...] = ()  # named outputs after the main one
     # Loop variable that indexes per-iteration adapters, passed by the caller.
     iteration: str | None = None
     iterations: int | None = None

@@ -190,6 +190,7 @@ class If:
 class Return:
     value: Expr
     with_: tuple[Call, ...]
+    outputs: tuple[Kwarg, ...] = ()  # named outputs: `return x, v=a.v`
     span: Span = _span()
 
 
@@ -415,7 +416,10 @@ class _Builder:
                 other = (self.stmt(orelse),)
             return If(self.expr(cond), self.body(then), other, sp)
         if kind == "return":
-            return Return(self.expr(ch[0]), self.withs(ch[1]), sp)
+            rest = ch[2:]
+            outputs = tuple(Kwarg(str(rest[i]), self.expr(rest[i + 1]), self.tok_span(rest[i]))
+                            for i in range(0, len(rest), 2))
+            return Return(self.expr(ch[0]), self.withs(ch[1]), outputs, sp)
         raise AssertionError(f"unknown statement {kind}")
 
     def expr(self, node):

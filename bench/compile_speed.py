@@ -8,7 +8,8 @@ Rows (wall clock, time.perf_counter; medians unless marked otherwise):
   import archc              the first `import archc` in this process (no torch)
   spec->IR cold             the first archc.load(text) in this process: builds the parser
   spec->IR warm             archc.load(text) afterwards (parse + check + elaborate)
-  spec->source              archc.compile_source(text) (the above + codegen)
+  spec->source              archc.compile_source(text) (the above + codegen); run interleaved
+                            with spec->IR, so "codegen alone" is a median of paired differences
   spec->module (cpu)        archc.build(text): load + codegen + compile/exec of the
                             generated module + construction, with real parameter allocation
                             and torch's default init. archc.build caches the exec'd module in
@@ -42,7 +43,8 @@ The real-allocation builds run interleaved (rotating order each round) so that m
 hits all variants alike; the differences are medians of per-round differences.
 
 Targets: spec->IR warm < 50 ms; spec->module excluding parameter allocation < 100 ms (checked
-on the "init skipped" row; the "meta" row is shown with the same check for reference).
+on the "init skipped" row; the "meta" rows carry torch's device-mode overhead, which the
+hand-written model pays too, so they are not checked against the target).
 """
 
 from __future__ import annotations
@@ -59,16 +61,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "specs" / "transformer.arch"
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-
-
-def median_ms(fn, n: int) -> tuple[float, float]:
-    """(median, min) of n runs of fn, in ms."""
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts), min(ts)
 
 
 def med(xs):
@@ -146,15 +138,16 @@ def main(argv=None) -> int:
     rows.append(("spec->IR cold (first load)", (time.perf_counter() - t) * 1e3, "once", ""))
     torch_loaded_by_load = "torch" in sys.modules  # load is documented not to import torch
 
-    m_, lo = median_ms(lambda: archc.load(text, **params), a.repeat)
-    rows.append(("spec->IR warm", m_, f"median of {a.repeat} (min {lo:.1f})",
-                 f"{'PASS' if m_ < 50 else 'FAIL'} (< 50)"))
-    ir_ms = m_
-
     archc.compile_source(text, **params)
-    m_, lo = median_ms(lambda: archc.compile_source(text, **params), a.repeat)
-    rows.append(("spec->source", m_, f"median of {a.repeat} (min {lo:.1f})", ""))
-    rows.append(("  codegen alone (source - IR)", m_ - ir_ms, "difference", ""))
+    t = interleaved({"load": lambda: archc.load(text, **params),
+                     "source": lambda: archc.compile_source(text, **params)}, a.repeat)
+    how = f"median of {a.repeat}"
+    m_ = med(t["load"])
+    rows.append(("spec->IR warm", m_, f"{how} (min {min(t['load']):.1f})",
+                 f"{'PASS' if m_ < 50 else 'FAIL'} (< 50)"))
+    rows.append(("spec->source", med(t["source"]), f"{how} (min {min(t['source']):.1f})", ""))
+    rows.append(("  codegen alone (paired diff)",
+                 med([s_ - l_ for s_, l_ in zip(t["source"], t["load"])]), "median of paired diffs", ""))
 
     t = time.perf_counter()
     import torch
@@ -247,7 +240,7 @@ def main(argv=None) -> int:
     t = interleaved({"meta": build_meta, "ref": ref_meta}, a.repeat)
     how = f"median of {a.repeat}"
     m_meta = med(t["meta"])
-    rows.append(("spec->module (meta)", m_meta, how, f"{'PASS' if m_meta < 100 else 'FAIL'} (< 100)"))
+    rows.append(("spec->module (meta)", m_meta, how, "(info: see docstring)"))
     rows.append(("hand-written reference (meta)", med(t["ref"]), how, ""))
     rows.append(("  archc extra (paired diff)",
                  med([b - r for b, r in zip(t["meta"], t["ref"])]), "median of paired diffs", ""))

@@ -249,3 +249,16 @@ def test_spec_text_never_reaches_python_eval():
         archc.load("model m()\nreturn __import__(tokens)\n")
     with pytest.raises(ArchcError, match="reserved"):
         archc.load("model m()\nlet forward = rmsnorm()\nreturn forward(embed(tokens, vocab=8, dim=8))\n")
+
+
+def test_blocks_expose_named_outputs():
+    spec = (HEAD + "block layer(x) {\n  a = linear(x, out=d)\n  return x + a, pre=a\n}\n"
+            "x = embed(tokens, vocab=32, dim=d)\ny = layer(x)\nreturn y.pre * 2 + y\n")
+    m = randomize(build(spec))
+    x = m.embed(tokens())
+    a = m.layer.linear(x)
+    assert torch.allclose(m(tokens()), 2 * a + (x + a), atol=1e-6)
+    with pytest.raises(ArchcError, match="no field `post`"):
+        archc.load(spec.replace("y.pre * 2", "y.post * 2"))
+    with pytest.raises(ArchcError, match="inside a loop body"):
+        archc.load(HEAD + "x = embed(tokens, vocab=32, dim=d)\nloop 2 { return x }\nreturn x\n")

@@ -93,8 +93,14 @@ def test_block_applications(n1, n2):
     ref = RefRaptor(**cfg)
     copy_weights(m, ref)
     calls, acts = [], []
+    def hook(b):
+        def record(mod, inp, out):
+            calls.append(b)
+            acts.append(out.detach().clone())
+        return record
+
     for b, block in enumerate(m.blocks):
-        block.register_forward_hook(lambda mod, inp, out, b=b: (calls.append(b), acts.append(out)))
+        block.register_forward_hook(hook(b))
     taps = []
     x = tokens()
     with torch.no_grad():
