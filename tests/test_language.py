@@ -261,4 +261,4 @@ def test_blocks_expose_named_outputs():
     with pytest.raises(ArchcError, match="no field `post`"):
         archc.load(spec.replace("y.pre * 2", "y.post * 2"))
     with pytest.raises(ArchcError, match="inside a loop body"):
-        archc.load(HEAD + "x = embed(tokens, vocab=32, dim=d)\nloop 2 { return x }\nreturn x\n")
+        archc.load(HEAD + "x = embed(tokens, vocab=32, dim=d)\nfor i in 0..2 { return x }\nreturn x\n")
