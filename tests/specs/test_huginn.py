@@ -109,7 +109,7 @@ class RefHuginn(nn.Module):
         return x @ t.wte.weight.T
 
 
-def copy_weights(m, ref, prelude, core, coda, heads):
+def copy_weights(m, ref, prelude, core, coda):
     src = WeightSource(m)
     w = {"transformer.wte.weight": src["emb.weight"],
          "transformer.ln_f.weight": src["ln_f.weight"],
@@ -141,7 +141,7 @@ def make_pair(cfg, seed=1):
     m = archc.build(SPEC, **cfg)
     randomize_(m, seed=seed)
     ref = RefHuginn(**cfg)
-    copy_weights(m, ref, cfg["prelude"], cfg["core"], cfg["coda"], cfg["heads"])
+    copy_weights(m, ref, cfg["prelude"], cfg["core"], cfg["coda"])
     return m, ref
 
 

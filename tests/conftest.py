@@ -1,0 +1,16 @@
+"""The tests use tiny tensors; torch's intra-op thread pool only adds
+synchronisation cost there (and spins badly when the CPUs are shared), so these tests run
+single-threaded. The previous setting is restored after each test."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
