@@ -1,16 +1,84 @@
 """IR primitives: the ops that appear in the graph after elaboration.
 
 Each primitive is declared once here: how it lowers to PyTorch (one expression), whether
-it calls its module, and whether it is elementwise (what the fuse pass looks for). Spec
-ops such as `attention` are macros in `library.py` that expand into these.
+it calls its module, whether it is elementwise (what the fuse pass looks for), and its FLOP
+rule (what `archc.cost` counts). Spec ops such as `attention` are macros in `library.py`
+that expand into these.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 Lower = Callable[[list[str], dict, str | None], str]
+
+
+class Flops(NamedTuple):
+    """Forward FLOPs of one application of a primitive, per token.
+
+    `matmul` counts what torch.utils.flop_counter counts: 2 per multiply-add of a matrix
+    product (mm, bmm, attention's two products; bias adds and softmax excluded).
+    `vector` estimates the elementwise and reduction work (one per output element for a
+    simple op, a few for norms, activations and softmax).
+    """
+
+    matmul: int = 0
+    vector: int = 0
+
+
+@dataclass(frozen=True)
+class FlopInput:
+    """What a FLOP rule reads: the node's types and attributes, the weights it calls (a
+    `Leaf`, or None) and the sequence length (attention attends over `seq` keys)."""
+
+    ins: tuple  # input TensorTypes
+    outs: tuple  # output TensorTypes
+    attrs: dict
+    module: Any
+    seq: int
+
+
+FlopRule = Callable[[FlopInput], Flops]
+
+
+def per_token(t) -> int:
+    """Elements of a [B, T, ...] or [B, heads, T, ...] tensor per token (batch and sequence
+    are the symbolic dims)."""
+    n = 1
+    for d in t.shape:
+        if isinstance(d, int):
+            n *= d
+    return n
+
+
+def no_flops(f: FlopInput) -> Flops:
+    return Flops()
+
+
+def per_element(k: int) -> FlopRule:
+    """k vector FLOPs per output element."""
+    return lambda f: Flops(0, k * per_token(f.outs[0]))
+
+
+def _linear_flops(f: FlopInput) -> Flops:
+    d_in, d_out = f.ins[0].shape[-1], f.outs[0].shape[-1]
+    bias = bool(dict(f.module.args).get("bias")) if f.module is not None else False
+    return Flops(2 * d_in * d_out, d_out if bias else 0)
+
+
+def _lora_flops(f: FlopInput) -> Flops:
+    d_in, d_out = f.ins[0].shape[-1], f.outs[0].shape[-1]
+    rank = dict(f.module.args)["rank"]
+    return Flops(2 * rank * (d_in + d_out), d_out)
+
+
+def _sdpa_flops(f: FlopInput) -> Flops:
+    """Scores q k^T and the weighted sum over v at `seq` keys, counted in full as torch
+    counts scaled_dot_product_attention (a causal mask does not halve the count)."""
+    heads, d_qk = f.ins[0].shape[1], f.ins[0].shape[-1]
+    d_v = f.ins[2].shape[-1]
+    return Flops(2 * heads * f.seq * (d_qk + d_v), 5 * heads * f.seq)
 
 
 @dataclass(frozen=True)
@@ -19,6 +87,7 @@ class Prim:
     lower: Lower
     elementwise: bool = False
     calls_module: bool = False
+    flops: FlopRule | None = None  # None: not declared; the cost model counts it as 0
 
 
 def _call(args, attrs, mod):
@@ -60,34 +129,39 @@ def _init_state(a, attrs, mod):
 
 PRIMS: dict[str, Prim] = {p.name: p for p in [
     # modules that hold weights: the graph calls them
-    Prim("embed", _call, calls_module=True),
-    Prim("linear", _call, calls_module=True),
-    Prim("lora", _call, calls_module=True),
-    Prim("rmsnorm", _call, calls_module=True),
-    Prim("layernorm", _call, calls_module=True),
-    Prim("layerscale", _call, elementwise=True, calls_module=True),
-    Prim("scalar", _call, elementwise=True, calls_module=True),
-    Prim("bias", _call, elementwise=True, calls_module=True),
-    Prim("tied_linear", lambda a, attrs, mod: f"F.linear({a[0]}, {mod}.weight)"),
+    Prim("embed", _call, calls_module=True, flops=no_flops),
+    Prim("linear", _call, calls_module=True, flops=_linear_flops),
+    Prim("lora", _call, calls_module=True, flops=_lora_flops),
+    Prim("rmsnorm", _call, calls_module=True, flops=per_element(4)),
+    Prim("layernorm", _call, calls_module=True, flops=per_element(5)),
+    Prim("layerscale", _call, elementwise=True, calls_module=True,
+         flops=per_element(1)),
+    Prim("scalar", _call, elementwise=True, calls_module=True, flops=per_element(1)),
+    Prim("bias", _call, elementwise=True, calls_module=True, flops=per_element(1)),
+    Prim("tied_linear", lambda a, attrs, mod: f"F.linear({a[0]}, {mod}.weight)",
+         flops=_linear_flops),
     # attention pieces
-    Prim("heads", lambda a, attrs, mod: f"rt.split_heads({a[0]}, {attrs['n']})"),
-    Prim("merge_heads", lambda a, attrs, mod: f"rt.merge_heads({a[0]})"),
-    Prim("rope", lambda a, attrs, mod: f"rt.apply_rope({a[0]}, {attrs['table']})"),
-    Prim("sdpa", _sdpa),
+    Prim("heads", lambda a, attrs, mod: f"rt.split_heads({a[0]}, {attrs['n']})",
+         flops=no_flops),
+    Prim("merge_heads", lambda a, attrs, mod: f"rt.merge_heads({a[0]})", flops=no_flops),
+    Prim("rope", lambda a, attrs, mod: f"rt.apply_rope({a[0]}, {attrs['table']})",
+         flops=per_element(3)),
+    Prim("sdpa", _sdpa, flops=_sdpa_flops),
     # elementwise
-    Prim("add", _binary("+"), elementwise=True),
-    Prim("sub", _binary("-"), elementwise=True),
-    Prim("mul", _binary("*"), elementwise=True),
-    Prim("neg", lambda a, attrs, mod: f"-{a[0]}", elementwise=True),
-    Prim("scale", _scale, elementwise=True),
-    Prim("silu", _fn("F.silu"), elementwise=True),
-    Prim("gelu", _fn("F.gelu"), elementwise=True),
-    Prim("relu", _fn("F.relu"), elementwise=True),
-    Prim("sigmoid", _fn("torch.sigmoid"), elementwise=True),
-    Prim("tanh", _fn("torch.tanh"), elementwise=True),
-    Prim("lerp", lambda a, attrs, mod: f"torch.lerp({a[0]}, {a[1]}, {a[2]})", elementwise=True),
+    Prim("add", _binary("+"), elementwise=True, flops=per_element(1)),
+    Prim("sub", _binary("-"), elementwise=True, flops=per_element(1)),
+    Prim("mul", _binary("*"), elementwise=True, flops=per_element(1)),
+    Prim("neg", lambda a, attrs, mod: f"-{a[0]}", elementwise=True, flops=per_element(1)),
+    Prim("scale", _scale, elementwise=True, flops=per_element(1)),
+    Prim("silu", _fn("F.silu"), elementwise=True, flops=per_element(4)),
+    Prim("gelu", _fn("F.gelu"), elementwise=True, flops=per_element(8)),
+    Prim("relu", _fn("F.relu"), elementwise=True, flops=per_element(1)),
+    Prim("sigmoid", _fn("torch.sigmoid"), elementwise=True, flops=per_element(4)),
+    Prim("tanh", _fn("torch.tanh"), elementwise=True, flops=per_element(6)),
+    Prim("lerp", lambda a, attrs, mod: f"torch.lerp({a[0]}, {a[1]}, {a[2]})", elementwise=True,
+         flops=per_element(3)),
     # layout
-    Prim("concat", _concat),
-    Prim("split", _split),
-    Prim("init_state", _init_state),
+    Prim("concat", _concat, flops=no_flops),
+    Prim("split", _split, flops=no_flops),
+    Prim("init_state", _init_state, flops=no_flops),
 ]}
