@@ -27,6 +27,7 @@ class Spec:
     text: str
     program: Program
     overrides: dict[str, Any]
+    compiled: Program | None = None
 
     @property
     def name(self) -> str:
@@ -63,11 +64,20 @@ def load(spec: "str | Path | Spec", budget: Budget | None = None, **params: Any)
     return Spec(file, text, program, dict(params))
 
 
+def compile_program(spec: Spec) -> Program:
+    """The IR after the pass pipeline: what the backends read."""
+    from .passes import run_pipeline
+
+    if spec.compiled is None:
+        spec.compiled = run_pipeline(spec.program)
+    return spec.compiled
+
+
 def compile_source(spec: "str | Path | Spec", **params: Any) -> str:
     """The generated Python module for a spec, as text."""
     from .codegen.torch import generate
 
-    return generate(load(spec, **params).program)
+    return generate(compile_program(load(spec, **params)))
 
 
 def build(spec: "str | Path | Spec", **params: Any):
@@ -77,7 +87,7 @@ def build(spec: "str | Path | Spec", **params: Any):
     loaded = load(spec, **params)
     from .codegen.torch import generate
 
-    source = generate(loaded.program)
+    source = generate(compile_program(loaded))
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     name = f"archc_generated.{loaded.program.name}_{digest}"
     module = sys.modules.get(name)

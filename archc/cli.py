@@ -207,7 +207,7 @@ def _run(args, parser) -> int:
 
     t0 = time.perf_counter()
     spec = _load(args, parser)
-    source = generate(spec.program)
+    source = generate(api.compile_program(spec))
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)

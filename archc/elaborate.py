@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from . import names, syntax as S
 from .errors import ArchcError, Span, fail
-from .ir import (TOKENS, BlockDef, BlockInst, Count, Graph, Group, Leaf, Module, Node,
+from .ir import (TOKENS, BlockDef, broadcast, BlockInst, Count, Graph, Group, Leaf, Module, Node,
                  ParamInfo, Program, Ref, Stack, TensorType, Weight, act)
 from .ops import ADAPTERS, OPS
 from .ops.library import LoraAttrs, lora_scale, suggest
@@ -57,6 +57,25 @@ class Returned:
 
     value: TensorVal
     named: dict[str, TensorVal]
+
+
+@dataclass
+class DepthFrame:
+    """The values one iteration of a `for` stack bound, reachable as layers[j].name."""
+
+    label: str
+    index: int
+    values: dict[str, Any]
+
+
+@dataclass
+class DepthStack:
+    """A `for` stack's label: indexing it by depth gives the iterations done so far."""
+
+    label: str
+    frames: list[DepthFrame]
+    span: Span | None
+    body: tuple = ()
 
 
 @dataclass
@@ -292,6 +311,7 @@ class Elaborator:
         env = cb.root_env(self.globals)
         tok = cb.input("tokens", TOKENS)
         env.set("tokens", tok)
+        cb.ast = self.model.body
         out = cb.body(self.model.body, env)
         if isinstance(out, Returned):
             if out.named:
@@ -439,6 +459,7 @@ class Elaborator:
                 names.check(inp.name, inp.span, "input")
                 graph_inputs.append((inp.name, x.type))
                 env.set(inp.name, cb.input(inp.name, x.type), inp.span)
+            cb.ast = block.body
             out = cb.body(block.body, env)
             if out is None:
                 fail(f"block `{block.name}` computes nothing", block.name_span,
@@ -515,6 +536,7 @@ class ClassBuilder:
         self.lora_hits: set[str] = set()
         self.untie_hits: set[str] = set()
         self.ids = 0
+        self.ast: tuple = ()  # the statements of this class, for depth-reference scans
 
     # values ----------------------------------------------------------------
 
@@ -692,12 +714,19 @@ class ClassBuilder:
         return Inst(name, template, kwargs, spans, self.scope, self.scope.ref(name), span,
                     len(self.loops))
 
-    def kwargs(self, call: S.Call, env: Env) -> tuple[dict[str, Any], dict[str, Span]]:
+    def kwargs(self, call: S.Call, env: Env, tensor_names: tuple[str, ...] = ()
+               ) -> tuple[dict[str, Any], dict[str, Span]]:
+        """Keyword arguments: static values, instances (`tied=emb`), and for the names an op
+        declares as tensor arguments (`kv=`, `v_add=`), values computed by the graph."""
         out, spans = {}, {}
         for kw in call.kwargs:
             if kw.name in out:
                 fail(f"argument `{kw.name}` given twice", kw.span, "remove one of them",
                      code="A032")
+            if kw.name in tensor_names:
+                out[kw.name] = self.expr(kw.value, env)
+                spans[kw.name] = kw.span
+                continue
             value = self.static_or_inst(kw.value, env)
             if isinstance(value, RuntimeParam):
                 fail(f"run-time param `{value.name}` cannot set `{kw.name}`", kw.span,
@@ -744,21 +773,59 @@ class ClassBuilder:
             return self.el.eval_static(e, env)
         if isinstance(e, S.Attr):
             base = self.expr(e.value, env)
-            if isinstance(base, TensorVal):
-                if e.name not in base.fields:
-                    have = ", ".join(sorted(base.fields)) or "none"
-                    fail(f"this value has no field `{e.name}`", e.span,
-                         f"its fields: {have}", code="A012")
-                return base.fields[e.name]
-            fail(f"no field `{e.name}` here", e.span,
-                 "fields such as `a.q` belong to tensors made by ops", code="A012")
+            if isinstance(base, tuple):
+                return tuple(self._field(item, e) for item in base)
+            return self._field(base, e)
         if isinstance(e, S.Index):
             base = self.expr(e.value, env)
+            if isinstance(base, DepthStack):
+                return self.depth_index(base, e, env)
             if isinstance(base, InstArray):
                 return self.inst_item(base, e, env)
             idx = self.el.static(e.index, env, "an index")
             return _index(base, idx, e)
         return self.el.eval_static(e, env)
+
+    def _field(self, base: Any, e: S.Attr) -> Any:
+        """`a.q` on a tensor, `layers[j].a` on one depth of a stack."""
+        if isinstance(base, DepthFrame):
+            if e.name not in base.values:
+                have = ", ".join(sorted(n for n, v in base.values.items()
+                                        if isinstance(v, TensorVal))) or "none"
+                fail(f"`{base.label}[{base.index}]` has no value `{e.name}`", e.span,
+                     f"values bound at that depth: {have}", code="A012")
+            return base.values[e.name]
+        if isinstance(base, _FutureDepth):
+            where = _assignment_span(base.stack.body, e.name) or base.stack.span
+            fail(f"`{base.stack.label}[{base.index}].{e.name}` reads depth {base.index}, "
+                 f"which does not come before this one (depth {base.current})", e.span,
+                 "depth references must point to earlier layers, e.g. "
+                 f"{base.stack.label}[i - 1].{e.name}", code="A014",
+                 labels=[(where, "the value it names is computed here, later")])
+        if isinstance(base, TensorVal):
+            if e.name not in base.fields or e.name in _HIDDEN_FIELDS:
+                have = ", ".join(sorted(n for n in base.fields if n not in _HIDDEN_FIELDS))
+                fail(f"this value has no field `{e.name}`", e.span,
+                     f"its fields: {have or 'none'}", code="A012")
+            return base.fields[e.name]
+        fail(f"no field `{e.name}` here", e.span,
+             "fields such as `a.q` belong to tensors made by ops", code="A012")
+
+    def depth_index(self, stack: DepthStack, e: S.Index, env: Env) -> Any:
+        """layers[j] (one earlier depth) or layers[a..b] (a list of them)."""
+        idx = self.el.static(e.index, env, "a depth")
+        current = len(stack.frames)
+        many = isinstance(idx, tuple)
+        out = []
+        for j in (idx if many else (idx,)):
+            if not isinstance(j, int) or isinstance(j, bool):
+                fail(f"a depth must be an int, got {_show(j)}", e.index.span,
+                     f"e.g. {stack.label}[i - 1] or {stack.label}[0..i]", code="A031")
+            if j < 0:
+                fail(f"depth {j} does not exist", e.index.span,
+                     "the first layer is depth 0; guard it with `if i > 0`", code="A014")
+            out.append(stack.frames[j] if j < current else _FutureDepth(stack, j, current))
+        return tuple(out) if many else out[0]
 
     def tensor_arith(self, e: S.BinOp, left: Any, right: Any) -> TensorVal:
         if isinstance(left, TensorVal) and isinstance(right, TensorVal):
@@ -786,16 +853,17 @@ class ClassBuilder:
 
     def binary(self, op: str, x: TensorVal, y: TensorVal, span: Span | None,
                xs: Span | None = None, ys: Span | None = None) -> TensorVal:
-        if x.type != y.type:
+        out = broadcast(x.type, y.type)
+        if out is None:
             labels = []
             if xs:
                 labels.append((xs, f"this is {x.type}"))
             if ys:
                 labels.append((ys, f"this is {y.type}"))
             fail(f"width mismatch: {op} of {x.type} and {y.type}", span,
-                 "both sides must have the same shape; insert a linear() to project one",
-                 code="A013", labels=labels)
-        return self.emit(op, [x, y], [x.type], span=span, hint="x")[0]
+                 "both sides must have the same shape (or 1 where a gate broadcasts); insert "
+                 "a linear() to project one", code="A013", labels=labels)
+        return self.emit(op, [x, y], [out], span=span, hint="x")[0]
 
     def inst_item(self, arr: InstArray, e: S.Index, env: Env) -> Inst:
         idx_expr = e.index
@@ -847,7 +915,8 @@ class ClassBuilder:
             inst = None
             if opdef.stateful:
                 kwargs, spans = self._op_kwargs(opdef, e, env)
-                inst = self.new_inst(func.id, func.id, kwargs, spans, e.span, claim=False)
+                static = {k: v for k, v in kwargs.items() if k not in opdef.tensor_kwargs}
+                inst = self.new_inst(func.id, func.id, static, spans, e.span, claim=False)
             return self.expand_op(opdef, inst, inputs, e, env)
         if func.id in _BUILTINS:
             return self.el._builtin(e, env)
@@ -858,7 +927,7 @@ class ClassBuilder:
 
     def _op_kwargs(self, opdef, e: S.Call, env: Env):
         """Keyword args, plus static positional args such as scale(x, 0.2)."""
-        kwargs, spans = self.kwargs(e, env)
+        kwargs, spans = self.kwargs(e, env, opdef.tensor_kwargs)
         n = opdef.inputs or len(e.args)
         extra = e.args[n:] if opdef.inputs is not None else ()
         for name, arg in zip(opdef.positional, extra):
@@ -881,6 +950,10 @@ class ClassBuilder:
         out = []
         for a in args:
             v = self.expr(a, env)
+            if expected is None and isinstance(v, tuple) and \
+                    all(isinstance(x, TensorVal) for x in v):
+                out.extend(v)  # concat(x, layers[0..i].y)
+                continue
             if not isinstance(v, TensorVal):
                 fail(f"{what} expects a tensor here, got {_show(v)}", a.span,
                      "static options go as keywords, e.g. hidden=4*d", code="A031")
@@ -891,10 +964,12 @@ class ClassBuilder:
         if not isinstance(inst, Inst):
             fail("only instances can be called", e.func.span,
                  "make one with `let name = block()`", code="A031")
-        if e.kwargs:
-            fail(f"instance `{inst.name}` already has its arguments; pass only tensors here",
-                 e.kwargs[0].span, f"set them where it is made: `let {inst.name} = "
-                 f"{inst.template}({e.kwargs[0].name}=...)`", code="A032")
+        tensor_names = OPS[inst.template].tensor_kwargs if inst.template in OPS else ()
+        for kw in e.kwargs:
+            if kw.name not in tensor_names:
+                fail(f"instance `{inst.name}` already has its arguments; pass only tensors "
+                     "here", kw.span, f"set them where it is made: `let {inst.name} = "
+                     f"{inst.template}({kw.name}=...)`", code="A032")
         adapt = self.adapters(inst, with_, e, env) if with_ else None
         if inst.template in self.el.blocks:
             block = self.el.blocks[inst.template]
@@ -925,9 +1000,12 @@ class ClassBuilder:
         if inst is None:
             kwargs, spans = self._op_kwargs(opdef, e, env)
         else:
-            kwargs, spans = inst.kwargs, inst.kwarg_spans
+            call_kw, call_spans = self.kwargs(e, env, opdef.tensor_kwargs)
+            kwargs = {**inst.kwargs, **call_kw}
+            spans = {**inst.kwarg_spans, **call_spans}
+        tensors = {k: kwargs.pop(k) for k in list(kwargs) if k in opdef.tensor_kwargs}
         attrs = self.validate(opdef, kwargs, spans, e.span)
-        ctx = OpCtx(self, opdef, inst, e.span, spans)
+        ctx = OpCtx(self, opdef, inst, e.span, spans, tensors)
         result = opdef.expand(ctx, *inputs, attrs)
         if inst is not None:
             module = ctx.module()
@@ -942,7 +1020,7 @@ class ClassBuilder:
         fields = opdef.attrs.model_fields
         for k in kwargs:
             if k not in fields:
-                close = suggest(k, fields)
+                close = suggest(k, list(fields) + list(opdef.tensor_kwargs))
                 fail(f"`{opdef.name}` has no argument `{k}`", spans.get(k, span),
                      f"did you mean `{close}`?" if close else
                      f"its arguments: {', '.join(fields) or 'none'}", code="A032")
@@ -1047,6 +1125,9 @@ class ClassBuilder:
         rollable = (isinstance(st.iter, S.Range) and len(st.vars) == 1
                     and bool(items) and items[0] == 0)
         label = self._label(st.label, "layers", st.span)
+        if not rollable or _mentions_depth(self.ast, label):
+            self._for_inline(st, env, label, items)
+            return
         inits = self._carried(st.body, env)
         current = dict(inits)
         iterations = []
@@ -1076,6 +1157,59 @@ class ClassBuilder:
                         env.find(name) is not None:
                     env.set(name, value, body_env.spans.get(name))
         self._finish_for(st, env, label, inits, iterations, rollable)
+
+    def _for_inline(self, st: S.For, env: Env, label: str, items: tuple) -> None:
+        """Run the iterations one after another in the enclosing graph. Values bound in
+        iteration j stay reachable as label[j].name (depth references)."""
+        var = st.vars[0]
+        stack = DepthStack(label, [], st.span, st.body)
+        if st.label is not None:
+            if env.find(label) is not None:
+                fail(f"the label `{label}` is already a name here", st.span,
+                     "labels name a stack's depths; pick another", code="A011")
+            env.set(label, stack, st.span)
+        modules = []
+        for k, item in enumerate(items):
+            body_env = Env(env, self.gb.level)
+            if len(st.vars) == 1:
+                body_env.set(var, item, st.span)
+            else:
+                if not isinstance(item, tuple) or len(item) != len(st.vars):
+                    fail(f"cannot unpack {_show(item)} into {len(st.vars)} names",
+                         st.iter.span, "each item needs one value per name, e.g. "
+                         "`for b, n in [(0, 3), (1, 5)]`", code="A031")
+                for name, v in zip(st.vars, item):
+                    body_env.set(name, v, st.span)
+            self.scope_stack.append(self.scope)
+            self.scope = ModuleScope(self.scope.ref(label, k))
+            first = self.gb.graph.next_key
+            self.loops.append(LoopFrame(var, len(items), "for", None))
+            try:
+                _no_return(self.body(st.body, body_env), st)
+            finally:
+                self.loops.pop()
+            scope = self.scope
+            self.scope = self.scope_stack.pop()
+            fix = _collapse_fix(scope)
+            if fix is not None:
+                self.gb.graph.rewrite_from(first, lambda n: n.model_copy(
+                    update={"ref": fix(n.ref),
+                            "body": _map_graph(n.body, fix) if n.body is not None else None}))
+            modules.append(_collapse(scope, st.span))
+            values = {}
+            for name, value in body_env.vars.items():
+                if name in st.vars:
+                    continue
+                values[name] = value
+                if env.find(name) is not None and not isinstance(value, (Inst, InstArray)):
+                    env.set(name, value, body_env.spans.get(name))
+            stack.frames.append(DepthFrame(label, k, values))
+        if any(m is not None for m in modules):
+            self.scope.modules[label] = Stack(
+                items=tuple(m if m is not None else Group(children=()) for m in modules),
+                span=st.span)
+        else:
+            del self.scope.modules[label]
 
     def _finish_for(self, st, env, label, inits, iterations, rollable) -> None:
         var = st.vars[0]
@@ -1299,12 +1433,14 @@ class ClassBuilder:
 class OpCtx:
     """What an op's `expand` sees: its inputs' types, and ways to make weights and nodes."""
 
-    def __init__(self, cb: ClassBuilder, opdef, inst: Inst | None, span, spans):
+    def __init__(self, cb: ClassBuilder, opdef, inst: Inst | None, span, spans,
+                 tensors: dict[str, Any] | None = None):
         self.cb = cb
         self.opdef = opdef
         self.inst = inst
         self.span = span
         self.spans = spans
+        self.tensors = tensors or {}
         self._self_leaf: Module | None = None
         self._children: list[tuple[str, Module]] = []
 
@@ -1434,6 +1570,45 @@ class OpCtx:
 # ----------------------------------------------------------------------------- helpers
 
 
+# Fields ops keep for each other (an attention's cached keys/values), not for specs.
+_HIDDEN_FIELDS = frozenset({"k_all", "v_all"})
+
+
+@dataclass
+class _FutureDepth:
+    """A depth not computed yet; reading a value from it is an error with both spans."""
+
+    stack: DepthStack
+    index: int
+    current: int
+
+
+def _assignment_span(stmts, name: str) -> Span | None:
+    for st in stmts:
+        if isinstance(st, S.Assign) and st.target == name:
+            return st.target_span
+        if isinstance(st, S.Unpack) and name in st.targets:
+            return st.span
+        inner = st.body if isinstance(st, (S.For, S.Loop)) else \
+            (st.then + st.orelse if isinstance(st, S.If) else ())
+        found = _assignment_span(inner, name)
+        if found is not None:
+            return found
+    return None
+
+
+def _mentions_depth(node: Any, label: str) -> bool:
+    """Does any expression under `node` index `label` (a depth reference)?"""
+    if isinstance(node, S.Index) and isinstance(node.value, S.Name) and node.value.id == label:
+        return True
+    if isinstance(node, tuple):
+        return any(_mentions_depth(x, label) for x in node)
+    if hasattr(node, "__dataclass_fields__"):
+        return any(_mentions_depth(getattr(node, f), label)
+                   for f in node.__dataclass_fields__ if f != "span")
+    return False
+
+
 def _no_return(result: Any, st) -> None:
     if isinstance(result, Returned):
         fail("`return` inside a loop body", st.span,
@@ -1490,8 +1665,14 @@ def _collapses(scope: ModuleScope) -> bool:
 
 def _rewrite_refs(graph: Graph, scope: ModuleScope) -> Graph:
     """Drop the per-iteration name when an iteration holds a single instance."""
+    fix = _collapse_fix(scope)
+    return graph if fix is None else _map_graph(graph, fix)
+
+
+def _collapse_fix(scope: ModuleScope):
+    """The ref rewrite for a collapsing iteration scope (layers[i].layer -> layers[i])."""
     if not _collapses(scope) or scope.prefix is None:
-        return graph
+        return None
     prefix = scope.prefix.path
     only = list(scope.modules)[0]
 
@@ -1506,7 +1687,7 @@ def _rewrite_refs(graph: Graph, scope: ModuleScope) -> Graph:
             return ref
         return Ref(path=prefix + ref.path[len(prefix) + 1:])
 
-    return _map_graph(graph, fix)
+    return fix
 
 
 def _map_graph(graph: Graph, fix) -> Graph:

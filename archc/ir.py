@@ -42,6 +42,22 @@ class TensorType(BaseModel):
         return f"{self.dtype}[{dims}]"
 
 
+def broadcast(a: TensorType, b: TensorType) -> TensorType | None:
+    """The shape of an elementwise op on a and b: equal dims, or 1 against anything (a
+    gate per token [B, T, 1] or per head [B, H, T, 1] broadcasts); None if they clash."""
+    if len(a.shape) != len(b.shape) or a.dtype != b.dtype:
+        return None
+    dims = []
+    for x, y in zip(a.shape, b.shape):
+        if x == y or y == 1:
+            dims.append(x)
+        elif x == 1:
+            dims.append(y)
+        else:
+            return None
+    return TensorType(shape=tuple(dims), dtype=a.dtype)
+
+
 def act(width: int) -> TensorType:
     """An activation: [B, T, width]."""
     return TensorType(shape=("B", "T", width))
@@ -217,6 +233,15 @@ class Graph:
         return node
 
     @property
+    def next_key(self) -> int:
+        return self._count
+
+    def rewrite_from(self, first: int, fn) -> None:
+        """Replace the nodes added since key `first` by fn(node) (same values out)."""
+        for key in range(first, self._count):
+            self.g.nodes[key]["node"] = fn(self.g.nodes[key]["node"])
+
+    @property
     def nodes(self) -> list[Node]:
         return [data["node"] for _, data in self.g.nodes(data=True)]
 
@@ -279,6 +304,8 @@ class Program(BaseModel):
     classes: dict[str, BlockDef]
     root: str
     rope: tuple[tuple[int, float], ...] = ()
+    # Set by the kvplan pass: (kv_heads, head_dim) of every cache slot, in slot order.
+    kv_layout: tuple[tuple[int, int], ...] = ()
 
     @property
     def model(self) -> BlockDef:
@@ -406,3 +433,57 @@ def format_program(program: Program) -> str:
         out.append("")
         out.append(format_block(block))
     return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- traversal
+
+
+def map_graph(graph: Graph, fn) -> Graph:
+    """A copy of a graph with `fn(node) -> node` applied to every node (bodies first)."""
+    out = Graph(graph.inputs)
+    for node in graph.nodes:
+        if node.body is not None:
+            node = node.model_copy(update={"body": map_graph(node.body, fn)})
+        out.add(fn(node))
+    out.outputs = list(graph.outputs)
+    out.names = dict(graph.names)
+    return out
+
+
+def with_attrs(node: Node, **updates: Any) -> Node:
+    attrs = dict(node.attrs)
+    attrs.update(updates)
+    return node.model_copy(update={"attrs": tuple(sorted(attrs.items()))})
+
+
+def class_order(program: Program) -> list[str]:
+    """Classes with callees before callers (the root last), else in elaboration order."""
+    order: list[str] = []
+
+    def deps(block: BlockDef) -> list[str]:
+        out: list[str] = []
+
+        def visit(m: Module) -> None:
+            if isinstance(m, BlockInst):
+                out.append(m.cls)
+            elif isinstance(m, Group):
+                for _, c in m.children:
+                    visit(c)
+            elif isinstance(m, Stack):
+                for c in m.items:
+                    visit(c)
+
+        for _, m in block.modules:
+            visit(m)
+        return out
+
+    def visit_cls(cls: str) -> None:
+        if cls in order:
+            return
+        for dep in deps(program.classes[cls]):
+            visit_cls(dep)
+        order.append(cls)
+
+    for cls in program.classes:
+        visit_cls(cls)
+    return order

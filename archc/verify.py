@@ -11,7 +11,7 @@ from __future__ import annotations
 import networkx as nx
 
 from .errors import ArchcError
-from .ir import BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack, resolve
+from .ir import BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack, broadcast, resolve
 
 _BINARY = {"add", "sub", "mul"}
 _LEAF_OPS = {"linear", "lora", "embed", "rmsnorm", "layernorm", "layerscale", "scalar", "bias"}
@@ -56,8 +56,8 @@ def _verify_graph(program: Program, block: BlockDef, graph: Graph, after: str,
 def _verify_node(program: Program, block: BlockDef, graph: Graph, node: Node,
                  after: str) -> None:
     types = [graph.types[v] for v in node.inputs]
-    if node.op in _BINARY and types[0] != types[1]:
-        _bug(after, f"{node.op} of {types[0]} and {types[1]}", node)
+    if node.op in _BINARY and broadcast(types[0], types[1]) != node.types[0]:
+        _bug(after, f"{node.op} of {types[0]} and {types[1]} gives {node.types[0]}", node)
     if node.op in _LEAF_OPS or node.op == "call":
         if node.ref is None:
             _bug(after, f"{node.op} has no module", node)

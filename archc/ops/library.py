@@ -30,6 +30,7 @@ class OpDef:
     positional: tuple[str, ...] = ()  # static attrs that may follow the tensors positionally
     stateful: bool = False          # creates an instance with weights
     outputs: tuple[str, ...] = ()   # named outputs exposed as value fields
+    tensor_kwargs: tuple[str, ...] = ()  # keyword arguments that take graph values
 
 
 OPS: dict[str, OpDef] = {}
@@ -126,14 +127,21 @@ class AttentionAttrs(Attrs):
     causal: bool = True
     rope: bool = True
     rope_theta: float = Field(default=10000.0, gt=0)
+    alibi: bool = False
     qk_norm: bool = False
     qk_bias: bool = False
     bias: bool = False
+    kv_p: float | None = Field(default=None, ge=0, le=1)
+    kv_infer: Literal["shared", "own"] = "shared"
 
 
 @op("attention", AttentionAttrs,
-    "multi-head self-attention (GQA via kv_heads, RoPE or none, optional q/k norm); "
-    "exposes the per-head q, k, v as fields", stateful=True, outputs=("q", "k", "v"))
+    "multi-head self-attention (GQA via kv_heads, RoPE, ALiBi or none, optional q/k norm); "
+    "`kv=` reads an earlier attention's keys and values (always, or with probability kv_p "
+    "in training and as kv_infer says in eval), `v_add=` adds to the values before they are "
+    "attended and cached, `depth=` mixes the values of earlier layers at the same position "
+    "(Depth-Attention); exposes the per-head q, k, v as fields", stateful=True,
+    outputs=("q", "k", "v"), tensor_kwargs=("kv", "v_add", "depth"))
 def attention(c, x, a: AttentionAttrs):
     d = x.type.width
     kv = a.kv_heads or a.heads
@@ -144,29 +152,104 @@ def attention(c, x, a: AttentionAttrs):
     if a.heads % kv:
         c.fail(f"kv_heads={kv} does not divide heads={a.heads}",
                "each key/value head serves a whole group of query heads", at="kv_heads")
+    if a.rope and a.alibi:
+        c.fail("rope and alibi are two position encodings; pick one",
+               "set rope=false to use alibi", at="alibi")
     if a.rope and dh % 2:
         c.fail(f"RoPE needs an even head dim, got {dh}", "change heads or set rope=false",
                at="heads")
+    kv_type = TensorType(shape=("B", kv, "T", dh))
+    src = _kv_source(c, kv_type)
+    if a.kv_p is not None and src is None:
+        c.fail("kv_p is the chance of reading another layer's keys and values; give `kv=`",
+               "e.g. attention(h, heads=4, kv=layers[i - 1].a, kv_p=0.5)", at="kv_p")
+    own = src is None or a.kv_p is not None
+    table = c.rope_table(dh, a.rope_theta) if a.rope else None
+
     q = c.linear(x, "q", a.heads * dh, a.bias, hint="q")
-    k = c.linear(x, "k", kv * dh, a.bias, hint="k")
-    v = c.linear(x, "v", kv * dh, a.bias, hint="v")
     q = c.emit("heads", [q], TensorType(shape=("B", a.heads, "T", dh)), {"n": a.heads}, hint="q")
-    k = c.emit("heads", [k], TensorType(shape=("B", kv, "T", dh)), {"n": kv}, hint="k")
-    v = c.emit("heads", [v], TensorType(shape=("B", kv, "T", dh)), {"n": kv}, hint="v")
     if a.qk_bias:
         q = c.bias(q, "q_bias", (a.heads, 1, dh))
-        k = c.bias(k, "k_bias", (kv, 1, dh))
     if a.qk_norm:
         q = c.norm(q, "q_norm", "rmsnorm", 1e-6)
-        k = c.norm(k, "k_norm", "rmsnorm", 1e-6)
-    if a.rope:
-        table = c.rope_table(dh, a.rope_theta)
+    if table:
         q = c.emit("rope", [q], q.type, {"table": table}, hint="q")
-        k = c.emit("rope", [k], k.type, {"table": table}, hint="k")
-    o = c.emit("sdpa", [q, k, v], q.type, {"causal": a.causal, "gqa": kv != a.heads}, hint="a")
+    fields = {"q": q}
+    if own:
+        k = c.linear(x, "k", kv * dh, a.bias, hint="k")
+        v = c.linear(x, "v", kv * dh, a.bias, hint="v")
+        k = c.emit("heads", [k], kv_type, {"n": kv}, hint="k")
+        v = c.emit("heads", [v], kv_type, {"n": kv}, hint="v")
+        if a.qk_bias:
+            k = c.bias(k, "k_bias", (kv, 1, dh))
+        if a.qk_norm:
+            k = c.norm(k, "k_norm", "rmsnorm", 1e-6)
+        if table:
+            k = c.emit("rope", [k], k.type, {"table": table}, hint="k")
+        fields.update(k=k, v=v)
+        v = _value_edges(c, q, k, v, kv_type)
+        if src is None or a.kv_infer == "own":
+            k, v = c.emit_many("kv_cache", [k, v], [kv_type, kv_type], hint="k,v")
+        if src is not None:
+            k, v = c.emit_many("select_kv", [k, v, src[0], src[1]], [kv_type, kv_type],
+                               {"p": a.kv_p, "infer": a.kv_infer}, hint="k,v")
+    else:
+        k, v = src
+        if "v_add" in c.tensors or "depth" in c.tensors:
+            c.fail("a layer that always reads another layer's keys and values has no values "
+                   "of its own to change", "drop v_add/depth, or give kv_p", at="kv")
+    o = c.emit("attend", [q, k, v], q.type,
+               {"causal": a.causal, "gqa": kv != a.heads, "alibi": a.alibi}, hint="a")
     o = c.emit("merge_heads", [o], act(d), hint="a")
     out = c.linear(o, "o", d, a.bias, hint="a")
-    return c.fields(out, q=q, k=k, v=v)
+    fields.update(kv_all=k, v_all=v)
+    return c.fields(out, **fields)
+
+
+def _kv_source(c, kv_type: TensorType):
+    """The (k, v) an attention reads from `kv=`: an earlier attention's cached keys/values."""
+    src = c.tensors.get("kv")
+    if src is None:
+        return None
+    fields = getattr(src, "fields", {})
+    if "kv_all" not in fields:
+        c.fail("`kv=` takes the value of an earlier attention (its output, e.g. layers[i-1].a)",
+               "bind the attention's output to a name and read it by depth", at="kv")
+    k, v = fields["kv_all"], fields["v_all"]
+    if k.type != kv_type:
+        c.fail(f"the shared keys are {k.type} but this attention needs {kv_type}",
+               "kv_heads and the head dim must match the layer it reads from", at="kv")
+    return k, v
+
+
+def _value_edges(c, q, k, v, kv_type: TensorType):
+    """Cross-layer value edges: a gated residual (v_add) and depth mixing (depth=)."""
+    add = c.tensors.get("v_add")
+    if add is not None:
+        if not hasattr(add, "type"):
+            c.fail("`v_add=` takes a per-head tensor", "e.g. v_add=alpha * layers[0].a.v",
+                   at="v_add")
+        v = c.binary("add", v, add)
+        if v.type != kv_type:
+            c.fail(f"v_add has shape {add.type}; the values are {kv_type}",
+                   "gate per head ([B, H, T, 1]) or give a value tensor", at="v_add")
+    depth = c.tensors.get("depth")
+    if depth is not None:
+        earlier = depth if isinstance(depth, tuple) else (depth,)
+        pairs = []
+        for item in earlier:
+            fields = getattr(item, "fields", {})
+            if "k" not in fields or "v" not in fields:
+                c.fail("`depth=` takes earlier attentions' values, e.g. depth=layers[0..i].a",
+                       "each item must be an attention output", at="depth")
+            if fields["k"].type != kv_type:
+                c.fail(f"depth item has keys {fields['k'].type}, this layer {kv_type}",
+                       "depth mixing needs equal kv_heads and head dims", at="depth")
+            pairs.append((fields["k"], fields["v"]))
+        ks = [p[0] for p in pairs] + [k]
+        vs = [p[1] for p in pairs] + [v]
+        v = c.emit("depth_mix", [q] + ks + vs, kv_type, {"n": len(ks)}, hint="v")
+    return v
 
 
 class SwigluAttrs(Attrs):
@@ -240,6 +323,37 @@ def gated_mix(c, h, f, a: GatedMixAttrs):
     return c.emit("lerp", [f, h, g], h.type, hint="h")
 
 
+class GateAttrs(Attrs):
+    per: Literal["head", "channel", "token"] = "channel"
+    units: int | None = Field(default=None, gt=0)
+    act: Literal["sigmoid", "relu", "tanh", "softmax", "identity"] = "sigmoid"
+    bias: bool = False
+
+
+@op("gate", GateAttrs,
+    "multipliers computed from a value: per head ([B, H, T, 1], `units` heads), per channel "
+    "([B, T, units]) or per token ([B, T, 1]); act sigmoid, relu, tanh, identity, or softmax "
+    "(over the units, times their number); weights any edge by `*`", stateful=True)
+def gate(c, x, a: GateAttrs):
+    if a.per == "token":
+        if a.units not in (None, 1):
+            c.fail("a per-token gate has one unit", "drop `units`", at="units")
+        units = 1
+    else:
+        if a.units is None:
+            c.fail(f"a per-{a.per} gate needs `units=`",
+                   "the number of heads (per head) or channels (per channel)", at="units")
+        units = a.units
+    g = c.linear(x, None, units, a.bias, hint="g")
+    if a.act == "softmax":
+        g = c.emit("softmax_scaled", [g], g.type, hint="g")
+    elif a.act != "identity":
+        g = c.emit(a.act, [g], g.type, hint="g")
+    if a.per == "head":
+        g = c.emit("gate_heads", [g], TensorType(shape=("B", units, "T", 1)), hint="g")
+    return g
+
+
 # --------------------------------------------------------------------------- stateless
 
 class ScaleAttrs(Attrs):
@@ -302,7 +416,8 @@ def split(c, x, a: SplitAttrs):
         if sum(sizes) != d or min(sizes) <= 0:
             c.fail(f"split sizes {list(sizes)} do not add up to width {d}",
                    "the sizes must be positive and sum to the width", at="parts")
-    return c.emit_many("split", [x], [act(s) for s in sizes], {"sizes": sizes}, hint="p")
+    return c.emit_many("split", [x], [act(s) for s in sizes], {"sizes": sizes},
+                       hint=",".join(f"p{k}" for k in range(len(sizes))))
 
 
 class StateAttrs(Attrs):

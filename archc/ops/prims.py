@@ -113,6 +113,33 @@ def _sdpa(a, attrs, mod):
     return f"F.scaled_dot_product_attention({a[0]}, {a[1]}, {a[2]}{extra})"
 
 
+def _attend(a, attrs, mod):
+    opts = []
+    if not attrs.get("causal", True):
+        opts.append("causal=False")
+    if attrs.get("alibi"):
+        opts.append("alibi=True")
+    extra = "".join(f", {o}" for o in opts)
+    return f"rt.attend({a[0]}, {a[1]}, {a[2]}{extra})"
+
+
+def _depth_mix(a, attrs, mod):
+    n = attrs["n"]
+    ks, vs = a[1:1 + n], a[1 + n:]
+    return f"rt.depth_mix({a[0]}, [{', '.join(ks)}], [{', '.join(vs)}])"
+
+
+def _depth_mix_flops(f: FlopInput) -> Flops:
+    """Scores against n same-position keys and their weighted sum: elementwise work."""
+    kv = per_token(f.outs[0])
+    return Flops(0, 4 * f.attrs["n"] * kv)
+
+
+def _select_kv(a, attrs, mod):
+    return (f"rt.select_kv(self.training, {attrs['p']!r}, \"{attrs['infer']}\", "
+            f"({a[0]}, {a[1]}), ({a[2]}, {a[3]}))")
+
+
 def _concat(a, attrs, mod):
     return f"torch.cat([{', '.join(a)}], dim=-1)"
 
@@ -147,6 +174,14 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
     Prim("rope", lambda a, attrs, mod: f"rt.apply_rope({a[0]}, {attrs['table']})",
          flops=per_element(3)),
     Prim("sdpa", _sdpa, flops=_sdpa_flops),
+    Prim("attend", _attend, flops=_sdpa_flops),
+    Prim("kv_cache", lambda a, attrs, mod: f"rt.kv_cache(cache, {attrs['slot']}, {a[0]}, {a[1]})",
+         flops=no_flops),
+    Prim("select_kv", _select_kv, flops=no_flops),
+    Prim("depth_mix", _depth_mix, flops=_depth_mix_flops),
+    Prim("gate_heads", lambda a, attrs, mod: f"rt.gate_heads({a[0]})", flops=no_flops),
+    Prim("softmax_scaled", lambda a, attrs, mod: f"rt.softmax_scaled({a[0]})",
+         flops=per_element(5)),
     # elementwise
     Prim("add", _binary("+"), elementwise=True, flops=per_element(1)),
     Prim("sub", _binary("-"), elementwise=True, flops=per_element(1)),

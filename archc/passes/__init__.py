@@ -53,3 +53,7 @@ def run_pipeline(program: Program, print_after: set[str] | None = None,
         if print_after and p.name in print_after:
             out(f"// IR after {p.name}\n{format_program(program)}")
     return program
+
+
+# Registration order is pipeline order.
+from . import kvplan  # noqa: E402,F401

@@ -73,10 +73,12 @@ def test_torch_compile_fullgraph(name, kw):
 
 def test_generated_code_reads_like_a_hand_written_module():
     source = archc.compile_source("specs/transformer.arch")
-    assert "for layer in self.layers:" in source
+    assert "for i, layer in enumerate(self.layers):" in source
+    assert "x = layer(x, rope, cache, i)" in source
     assert "x = x + a" in source
-    assert "F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)" in source
+    assert "k, v = rt.kv_cache(cache, slot, k, v)" in source
+    assert "a = rt.attend(q, k, v)" in source
     assert "logits = F.linear(h, self.emb.weight)" in source
     huginn = archc.compile_source("specs/huginn.arch")
-    assert "def forward(self, tokens, *, r: int = 4):" in huginn
+    assert "def forward(self, tokens, *, r: int = 4, cache=None):" in huginn
     assert "for i in range(r):" in huginn

@@ -15,9 +15,11 @@ from pathlib import Path
 
 from ... import __version__
 from ...errors import source_line
-from ...ir import BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program, Ref, Stack
+from ...ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program, Ref, Stack,
+                   class_order)
 from ...names import is_generated
 from ...ops import PRIMS
+from ...passes.kvplan import slot_count
 
 INDENT = "    "
 
@@ -26,7 +28,7 @@ def generate(program: Program) -> str:
     """The whole module file for a program."""
     ctx = _Context(program)
     parts = [_header(program)]
-    for cls in _class_order(program):
+    for cls in class_order(program):
         parts.append(_ClassEmitter(ctx, program.classes[cls]).emit())
     return "\n\n\n".join(parts).rstrip() + "\n"
 
@@ -44,41 +46,6 @@ def _header(program: Program) -> str:
         "",
         "from archc import runtime as rt",
     ])
-
-
-def _class_order(program: Program) -> list[str]:
-    """Callees before callers, root last, otherwise in elaboration order."""
-    order: list[str] = []
-
-    def visit(cls: str) -> None:
-        if cls in order:
-            return
-        block = program.classes[cls]
-        for dep in _class_deps(block):
-            visit(dep)
-        order.append(cls)
-
-    for cls in program.classes:
-        visit(cls)
-    return order
-
-
-def _class_deps(block: BlockDef) -> list[str]:
-    deps: list[str] = []
-
-    def from_module(m: Module) -> None:
-        if isinstance(m, BlockInst):
-            deps.append(m.cls)
-        elif isinstance(m, Group):
-            for _, c in m.children:
-                from_module(c)
-        elif isinstance(m, Stack):
-            for c in m.items:
-                from_module(c)
-
-    for _, m in block.modules:
-        from_module(m)
-    return deps
 
 
 class _Context:
@@ -99,6 +66,7 @@ class _Context:
             self.rope_names[f"rope:{dh}:{theta!r}"] = name
         self.tables = {self.rope_names[f"rope:{dh}:{theta!r}"]: (dh, theta) for dh, theta in tables}
         self._needs: dict[str, list[str]] = {}
+        self._slots: dict[str, int] = {}
 
     def needs(self, cls: str) -> list[str]:
         """Context arguments a class's forward takes: rotary tables, run-time params."""
@@ -115,8 +83,15 @@ class _Context:
                 found.update(self.needs(node.attr("cls")))
         runtime = [p for p in self.program.params if p in found]
         ropes = sorted(n for n in found if n in self.tables)
-        self._needs[cls] = ropes + runtime
+        cache = ["cache", "slot"] if self.slots(cls) else []
+        self._needs[cls] = ropes + runtime + cache
         return self._needs[cls]
+
+    def slots(self, cls: str) -> int:
+        """How many KV-cache slots a class's forward uses (from the kv plan)."""
+        if cls not in self._slots:
+            self._slots[cls] = slot_count(self.program, cls)
+        return self._slots[cls]
 
 
 def _walk(graph: Graph):
@@ -332,20 +307,40 @@ class _Forward:
         extra = list(self.ctx_args)
         if self.block.iteration:
             extra.append(self.block.iteration)
+        ind = INDENT * 2
         if self.cls.is_root:
             kw = [f"{p}: int = {self.cls.program.params[p].value}" for p in self.ctx_args
                   if p in self.cls.program.params]
+            if "cache" in self.ctx_args:
+                kw.append("cache=None")
             sig = ", ".join(["self"] + args + (["*"] + kw if kw else []))
-        else:
-            sig = ", ".join(["self"] + args + extra)
-        out = [f"{INDENT}def forward({sig}):"]
-        ind = INDENT * 2
-        if self.cls.is_root:
+            out = [f"{INDENT}def forward({sig}):"]
             out += self._prologue(args[0], ind)
+        else:
+            out = [f"{INDENT}def forward({', '.join(['self'] + args + extra)}):"]
         self._graph(graph, ind)
         outs = [self.namer.name[v] for v in graph.outputs]
+        if self.cls.is_root and "cache" in self.ctx_args:
+            self.lines.append(f"{ind}rt.cache_advance(cache, {args[0]}.shape[1])")
         self.lines.append(f"{ind}return {', '.join(outs)}")
-        return out + self.lines
+        out = out + self.lines
+        if self.cls.is_root and "cache" in self.ctx_args:
+            out += self._new_cache()
+        return out
+
+    def _new_cache(self) -> list[str]:
+        layout = list(self.cls.program.kv_layout)
+        per_token = sum(2 * h * dh * 4 for h, dh in layout)
+        ind = INDENT * 2
+        return [
+            "",
+            f"{INDENT}def new_cache(self, batch: int, max_len: int):",
+            f'{ind}"""A KV cache for incremental decoding: {len(layout)} slots, '
+            f'{per_token} bytes per token in float32."""',
+            f"{ind}p = next(self.parameters())",
+            f"{ind}layout = {layout}",
+            f"{ind}return rt.KVCache(layout, batch, max_len, dtype=p.dtype, device=p.device)",
+        ]
 
     def _prologue(self, tokens: str, ind: str) -> list[str]:
         lines = []
@@ -353,9 +348,13 @@ class _Forward:
             if p in self.cls.program.params:
                 mx = self._max_of(p)
                 lines.append(f'{ind}rt.check_count({p}, {mx}, "{p}")')
+        start = ""
+        if "cache" in self.ctx_args:
+            lines.append(f"{ind}start = rt.cache_start(cache)")
+            start = ", start"
         for name, attr in self.cls.rotary_attrs().items():
             if name in self.ctx_args:
-                lines.append(f"{ind}{name} = self.{attr}({tokens}.shape[1])")
+                lines.append(f"{ind}{name} = self.{attr}({tokens}.shape[1]{start})")
         return lines
 
     def _max_of(self, param: str) -> int:
@@ -384,8 +383,9 @@ class _Forward:
                 continue
             args = [self.namer.name[v] for v in node.inputs]
             expr = self._expr(node, args)
-            names = [self.namer.assign(o, graph.names.get(o, node.hint), start)
-                     for o in node.outs]
+            hints = node.hint.split(",") if node.hint else ["t"]
+            names = [self.namer.assign(o, graph.names.get(o, hints[min(k, len(hints) - 1)]),
+                                       start) for k, o in enumerate(node.outs)]
             self.lines.append(f"{ind}{', '.join(names)} = {expr}")
 
     def _ref(self, ref: Ref) -> str:
@@ -398,9 +398,21 @@ class _Forward:
                 out += f"[{idx}]"
         return out
 
+    def _slot(self, node: Node) -> str:
+        """The cache slot of a kv_cache node, or the slot base passed to a call."""
+        offset, strides = node.attr("slot")
+        terms = [] if self.cls.is_root else ["slot"]
+        if offset or not terms and not strides:
+            terms.append(str(offset))
+        for var, stride in strides:
+            terms.append(var if stride == 1 else f"{var} * {stride}")
+        return " + ".join(terms)
+
     def _expr(self, node: Node, args: list[str]) -> str:
         if node.op == "call":
             extra = list(self.ctx.needs(node.attr("cls")))
+            if "slot" in extra:
+                extra[extra.index("slot")] = self._slot(node)
             if node.attr("iteration"):
                 extra.append(node.attr("iteration"))
             return f"{self._ref(node.ref)}({', '.join(args + extra)})"
@@ -408,6 +420,8 @@ class _Forward:
         attrs = dict(node.attrs)
         if node.op == "rope":
             attrs["table"] = self.ctx.rope_names[attrs["table"]]
+        if node.op == "kv_cache":
+            attrs["slot"] = self._slot(node)
         mod = self._ref(node.ref) if node.ref is not None else None
         return prim.lower(args, attrs, mod)
 
@@ -477,8 +491,15 @@ class _Forward:
             if self.namer.free(item, 10**9) and item not in self.item_refs.values():
                 self.namer.reserved.add(item)
                 self.item_refs[whole] = item
+                if any(_slot_uses_var(n, var) for n in nodes):
+                    return f"for {var}, {item} in enumerate(self.{label}):"
                 return f"for {item} in self.{label}:"
         return f"for {var} in range({count}):"
+
+
+def _slot_uses_var(node: Node, var: str) -> bool:
+    slot = node.attr("slot")
+    return slot is not None and any(v == var for v, _ in slot[1])
 
 
 def _uses_var(node: Node, var: str) -> bool:

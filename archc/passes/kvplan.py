@@ -1,0 +1,91 @@
+"""kvplan: which attentions keep a KV cache, where each cache lives, what it costs.
+
+Elaboration puts a `kv_cache` node where an attention keeps its own keys and values on the
+inference path. An attention that reads another layer's K/V in inference (CLA-style
+sharing, or stochastic routing whose inference map says "shared") has none: it reads its
+source's cache through the graph. This pass numbers the caches: a class's slots are
+relative to a base its caller passes, and each iteration of a loop gets its own range of
+slots. It records the layout (kv_heads, head_dim) of every slot of the model, which
+`new_cache` allocates and `archc info` prices.
+"""
+
+from __future__ import annotations
+
+from ..ir import Graph, Node, Program, class_order, with_attrs
+from . import register
+
+Slot = tuple[int, tuple[tuple[str, int], ...]]  # offset, ((loop var, stride), ...)
+
+
+def _count(graph: Graph, counts: dict[str, int]) -> int:
+    n = 0
+    for node in graph.nodes:
+        if node.op == "kv_cache":
+            n += 1
+        elif node.op == "call":
+            n += counts[node.attr("cls")]
+        elif node.op == "loop":
+            n += _count(node.body, counts) * node.attr("count").bound
+    return n
+
+
+def _number(graph: Graph, counts: dict[str, int], offset: int,
+            strides: tuple[tuple[str, int], ...]) -> tuple[Graph, int]:
+    out = Graph(graph.inputs)
+    for node in graph.nodes:
+        if node.op == "kv_cache":
+            node = with_attrs(node, slot=(offset, strides))
+            offset += 1
+        elif node.op == "call" and counts[node.attr("cls")]:
+            node = with_attrs(node, slot=(offset, strides))
+            offset += counts[node.attr("cls")]
+        elif node.op == "loop":
+            per = _count(node.body, counts)
+            if per:
+                body, _ = _number(node.body, counts, offset,
+                                  strides + ((node.attr("var"), per),))
+                node = node.model_copy(update={"body": body})
+                offset += per * node.attr("count").bound
+        out.add(node)
+    out.outputs = list(graph.outputs)
+    out.names = dict(graph.names)
+    return out, offset
+
+
+def _layout(graph: Graph, program: Program) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for node in graph.nodes:
+        if node.op == "kv_cache":
+            k = node.types[0]
+            out.append((k.shape[1], k.shape[3]))
+        elif node.op == "call":
+            callee = program.classes[node.attr("cls")]
+            out += _layout(callee.graph, program)
+        elif node.op == "loop":
+            out += _layout(node.body, program) * node.attr("count").bound
+    return out
+
+
+@register("kvplan", "number the KV-cache slots and record the cache layout")
+def kvplan(program: Program) -> Program:
+    counts: dict[str, int] = {}
+    classes = dict(program.classes)
+    for cls in class_order(program):
+        block = classes[cls]
+        counts[cls] = _count(block.graph, counts)
+        graph, _ = _number(block.graph, counts, 0, ())
+        classes[cls] = block.model_copy(update={"graph": graph})
+    planned = program.model_copy(update={"classes": classes})
+    layout = tuple(_layout(planned.model.graph, planned))
+    return planned.model_copy(update={"kv_layout": layout})
+
+
+def slot_count(program: Program, cls: str) -> int:
+    counts: dict[str, int] = {}
+    for name in class_order(program):
+        counts[name] = _count(program.classes[name].graph, counts)
+    return counts[cls]
+
+
+def node_slot(node: Node) -> Slot | None:
+    return node.attr("slot")
