@@ -234,7 +234,7 @@ def _value_edges(c, q, k, v, kv_type: TensorType):
             c.fail(f"v_add has shape {add.type}; the values are {kv_type}",
                    "gate per head ([B, H, T, 1]) or give a value tensor", at="v_add")
     depth = c.tensors.get("depth")
-    if depth is not None:
+    if depth is not None and depth != ():
         earlier = depth if isinstance(depth, tuple) else (depth,)
         pairs = []
         for item in earlier:
