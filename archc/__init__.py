@@ -4,6 +4,8 @@
     spec = archc.load("specs/huginn.arch", r=8)   # parse, check, bind params
     m = archc.build("specs/huginn.arch", r=8)     # torch.nn.Module
     logits = m(tokens, r=16)                      # run-time loop count as a keyword
+    c = archc.cost("specs/huginn.arch", r=8, seq=2048)   # params, FLOPs, KV bytes; no torch
+    archc.hash("specs/huginn.arch")               # architecture hash; archc.format(text)
 
 Importing archc does not import torch; `build` does.
 """
@@ -12,5 +14,7 @@ __version__ = "0.1.0"
 
 from .errors import ArchcError  # noqa: E402
 from .api import Spec, build, compile_source, load  # noqa: E402
+from .api import format_spec as format, spec_cost as cost, spec_hash as hash  # noqa: E402
 
-__all__ = ["ArchcError", "Spec", "build", "compile_source", "load", "__version__"]
+__all__ = ["ArchcError", "Spec", "build", "compile_source", "cost", "format", "hash", "load",
+           "__version__"]

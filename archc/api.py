@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from . import syntax
 from .elaborate import Budget, elaborate
-from .errors import ArchcError
+from .errors import ArchcError, Source, register_source
 from .ir import ParamInfo, Program
 
 
@@ -109,3 +110,52 @@ def _remember_source(filename: str, source: str) -> None:
     import linecache
 
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+
+
+# ----------------------------------------------------------------------------- analysis
+# Exported as archc.cost, archc.hash and archc.format. None of them imports torch.
+
+
+@lru_cache(maxsize=32)
+def _parsed(text: str, file: str) -> syntax.Model:
+    return syntax.parse(text, file)
+
+
+def _bound(spec: "str | Path | Spec", params: dict[str, Any]) -> Spec:
+    """`load`, with the parse of a spec's text cached (the AST is immutable), so a search
+    loop that prices many bindings of one spec parses it once."""
+    if isinstance(spec, Spec):
+        if not params:
+            return spec
+        file, text = spec.file, spec.text
+        params = {**spec.overrides, **params}
+    else:
+        file, text = _read(spec)
+    register_source(Source(file, text))
+    program = elaborate(_parsed(text, file), params)
+    return Spec(file, text, program, dict(params))
+
+
+def spec_cost(spec: "str | Path | Spec", seq: int = 2048, batch: int = 1, **params: Any):
+    """Parameters, FLOPs per token at `seq`, KV-cache bytes per token and training
+    activation bytes at `batch` x `seq`, from the IR (see archc/analysis/cost.py).
+    Run-time loop counts are taken at their bound value: `cost(spec, r=8)`."""
+    from .analysis.cost import cost_of
+
+    return cost_of(_bound(spec, params).program, seq=seq, batch=batch)
+
+
+def spec_hash(spec: "str | Path | Spec", **params: Any) -> str:
+    """The canonical architecture hash (64 hex digits) of a spec at one binding of its
+    params: stable across formatting, comments and renaming (see archc/identity.py)."""
+    from .identity import program_hash
+
+    return program_hash(_bound(spec, params).program)
+
+
+def format_spec(spec: "str | Path") -> str:
+    """The canonical text of a spec (text or path), comments kept (see archc/format.py)."""
+    from .format import format_text
+
+    file, text = _read(spec)
+    return format_text(text, file)

@@ -27,6 +27,7 @@ from . import names, syntax as S
 from .errors import ArchcError, Span, fail
 from .ir import (TOKENS, BlockDef, broadcast, BlockInst, Count, Graph, Group, Leaf, Module, Node,
                  ParamInfo, Program, Ref, Stack, TensorType, Weight, act)
+from .analysis.scan import plan_scan
 from .ops import ADAPTERS, OPS
 from .ops.library import LoraAttrs, lora_scale, suggest
 
@@ -322,6 +323,11 @@ class Elaborator:
             fail("the model computes nothing", self.model.span,
                  "end the model with `return logits`", code="A030")
         block = cb.finish([out], inputs=(("tokens", TOKENS),))
+        for node in block.graph.nodes:
+            if node.op == "attend" and node.attr("past") == "output":
+                fail("an attention over its own past output belongs in a block", node.span,
+                     "the block's output feeds the keys; write it as `block layer(x)`",
+                     code="A015")
         self.classes[cls] = block
         program = Program(name=self.model.name, file=self.model.span.file if self.model.span
                           else "<spec>", params=self.param_info, classes=self.classes,
@@ -473,6 +479,7 @@ class Elaborator:
             out = out.value if isinstance(out, Returned) else out
             self.classes[cls] = cb.finish([out] + list(named.values()), tuple(graph_inputs),
                                           tuple(named))
+            plan_scan(self.classes[cls])  # checks a block that reads its own past output
         finally:
             self.block_stack.pop()
         self.class_keys[key] = cls

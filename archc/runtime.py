@@ -270,6 +270,17 @@ class KVCache:
         self.v[slot][:, :, self.pos:end] = v
         return self.k[slot][:, :, :end], self.v[slot][:, :, :end]
 
+    def write(self, slot: int, at: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store keys/values at positions at.. (layers that fill their cache themselves)."""
+        end = at + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions, max_len={self.max_len}")
+        self.k[slot][:, :, at:end] = k
+        self.v[slot][:, :, at:end] = v
+
+    def read(self, slot: int, end: int):
+        return self.k[slot][:, :, :end], self.v[slot][:, :, :end]
+
     def reset(self) -> None:
         self.pos = 0
 
@@ -288,3 +299,104 @@ def cache_start(cache: "KVCache | None") -> int:
 def cache_advance(cache: "KVCache | None", n: int) -> None:
     if cache is not None:
         cache.pos += n
+
+
+# ----------------------------------------------------------------------------- own-output KV
+
+
+def recurrent_scan(layer, x: torch.Tensor, cache: "KVCache | None", slot: int,
+                   alibi: bool = False, mode: str = "tiled") -> torch.Tensor:
+    """Run a layer whose keys/values at earlier positions come from its own output
+    (the Recurrent Transformer). Positions run in order; position t attends over the keys
+    of outputs 0..t-1 (and any cached ones) plus its own input's key on the diagonal.
+
+    The layer gives three pieces: `queries(x) -> (q, k_diag, v_diag, *saved)` over all
+    positions, `finish(x_t, a_t, *saved_t) -> out_t` for one position, and
+    `keys(out_t) -> (k_t, v_t)`. `mode="naive"` attends over all earlier keys at every
+    step; `mode="tiled"` is the exact tiled prefill: after step t the keys [t+1-L, t]
+    (L = lowbit(t+1)) are added to queries [t+1, t+L] as one dense block with online
+    softmax, so every query meets every earlier key exactly once.
+    """
+    q, k_diag, v_diag, *saved = layer.queries(x)
+    b, h, t_len, dh = q.shape
+    past = cache.pos if cache is not None else 0
+    if cache is not None:
+        past_k, past_v = cache.read(slot, past)
+    else:
+        past_k = q.new_zeros(b, h, 0, dh)
+        past_v = q.new_zeros(b, h, 0, dh)
+    scale = 1.0 / math.sqrt(dh)
+    slopes = alibi_slopes(h).to(q.device, q.dtype).view(1, h, 1, 1) if alibi else None
+    own_k: list[torch.Tensor] = []
+    own_v: list[torch.Tensor] = []
+    outs = []
+    if mode == "tiled":
+        acc = _OnlineSoftmax(q, scale, slopes, past)
+        if past:
+            acc.add(0, t_len, past_k, past_v, 0)
+    for t in range(t_len):
+        qt = q[:, :, t:t + 1]
+        diag_logit = (qt * k_diag[:, :, t:t + 1]).sum(-1, keepdim=True) * scale
+        if mode == "tiled":
+            a_t = acc.finish(t, diag_logit, v_diag[:, :, t:t + 1])
+        else:
+            keys = torch.cat([past_k] + own_k + [k_diag[:, :, t:t + 1]], dim=2)
+            values = torch.cat([past_v] + own_v + [v_diag[:, :, t:t + 1]], dim=2)
+            logits = (qt @ keys.transpose(-1, -2)) * scale
+            if slopes is not None:
+                dist = torch.arange(past + t, -1, -1, device=q.device, dtype=q.dtype)
+                logits = logits - slopes * dist
+            a_t = torch.softmax(logits, dim=-1) @ values
+        out_t = layer.finish(x[:, t:t + 1], a_t, *[s_[:, t:t + 1] if s_.dim() == 3
+                                                   else s_[:, :, t:t + 1] for s_ in saved])
+        k_t, v_t = layer.keys(out_t)
+        own_k.append(k_t)
+        own_v.append(v_t)
+        if cache is not None:
+            cache.write(slot, past + t, k_t, v_t)
+        outs.append(out_t)
+        if mode == "tiled":
+            span = (t + 1) & -(t + 1)
+            lo, hi = t + 1, min(t + span, t_len - 1)
+            if lo <= hi:
+                keys = torch.cat(own_k[t + 1 - span:t + 1], dim=2)
+                values = torch.cat(own_v[t + 1 - span:t + 1], dim=2)
+                acc.add(lo, hi + 1, keys, values, past + t + 1 - span)
+    return torch.cat(outs, dim=1)
+
+
+class _OnlineSoftmax:
+    """Running max, normaliser and unnormalised output per query, so blocks of keys can
+    arrive in any order and the result is exactly softmax attention. Kept per position
+    (lists, no in-place writes) so autograd sees each block once: O(block) per update."""
+
+    def __init__(self, q, scale, slopes, past):
+        b, h, t, dh = q.shape
+        self.q, self.scale, self.slopes, self.past = q, scale, slopes, past
+        self.m = [q.new_full((b, h, 1, 1), float("-inf"))] * t
+        self.l = [q.new_zeros(b, h, 1, 1)] * t
+        self.o = [q.new_zeros(b, h, 1, dh)] * t
+
+    def add(self, lo: int, hi: int, keys, values, key_start: int) -> None:
+        """Queries lo..hi-1 (local) attend to keys at positions key_start.. (all earlier)."""
+        logits = (self.q[:, :, lo:hi] @ keys.transpose(-1, -2)) * self.scale
+        if self.slopes is not None:
+            pos_q = torch.arange(self.past + lo, self.past + hi, device=logits.device)
+            pos_k = torch.arange(key_start, key_start + keys.shape[2], device=logits.device)
+            logits = logits - self.slopes * (pos_q[:, None] - pos_k[None, :]).to(logits.dtype)
+        m_old = torch.cat(self.m[lo:hi], dim=2)
+        m_new = torch.maximum(m_old, logits.amax(-1, keepdim=True))
+        p = torch.exp(logits - m_new)
+        keep = torch.exp(m_old - m_new)
+        l_new = torch.cat(self.l[lo:hi], dim=2) * keep + p.sum(-1, keepdim=True)
+        o_new = torch.cat(self.o[lo:hi], dim=2) * keep + p @ values
+        self.m[lo:hi] = m_new.split(1, dim=2)
+        self.l[lo:hi] = l_new.split(1, dim=2)
+        self.o[lo:hi] = o_new.split(1, dim=2)
+
+    def finish(self, t: int, diag_logit, diag_value):
+        m_old, l_old, o_old = self.m[t], self.l[t], self.o[t]
+        m = torch.maximum(m_old, diag_logit)
+        keep = torch.exp(m_old - m)
+        p = torch.exp(diag_logit - m)
+        return (o_old * keep + p * diag_value) / (l_old * keep + p)

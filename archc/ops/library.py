@@ -133,6 +133,7 @@ class AttentionAttrs(Attrs):
     bias: bool = False
     kv_p: float | None = Field(default=None, ge=0, le=1)
     kv_infer: Literal["shared", "own"] = "shared"
+    past: Literal["input", "output"] = "input"
 
 
 @op("attention", AttentionAttrs,
@@ -159,6 +160,8 @@ def attention(c, x, a: AttentionAttrs):
         c.fail(f"RoPE needs an even head dim, got {dh}", "change heads or set rope=false",
                at="heads")
     kv_type = TensorType(shape=("B", kv, "T", dh))
+    if a.past == "output":
+        return _own_output_attention(c, x, a, dh)
     src = _kv_source(c, kv_type)
     if a.kv_p is not None and src is None:
         c.fail("kv_p is the chance of reading another layer's keys and values; give `kv=`",
@@ -204,6 +207,38 @@ def attention(c, x, a: AttentionAttrs):
     out = c.linear(o, "o", d, a.bias, hint="a")
     fields.update(kv_all=k, v_all=v)
     return c.fields(out, **fields)
+
+
+def _own_output_attention(c, x, a: AttentionAttrs, dh: int):
+    """Keys/values of earlier positions come from the enclosing block's own output
+    (Recurrent Transformer); the diagonal uses this position's input. The block runs as a
+    scan over positions (see archc/analysis/scan.py); its cache holds those keys."""
+    if a.rope:
+        c.fail("an attention over its block's past output runs position by position and "
+               "cannot use RoPE", "write rope=false, alibi=true", at="past")
+    if a.kv_heads not in (None, a.heads):
+        c.fail("an attention over its block's past output needs kv_heads = heads",
+               "drop kv_heads", at="kv_heads")
+    for name in ("kv", "v_add", "depth"):
+        if name in c.tensors:
+            c.fail(f"`{name}=` does not combine with past=\"output\"", "drop one of them",
+                   at=name)
+    d = x.type.width
+    heads = TensorType(shape=("B", a.heads, "T", dh))
+    q = c.linear(x, "q", d, a.bias, hint="q")
+    k = c.linear(x, "k", d, a.bias, hint="k")
+    v = c.linear(x, "v", d, a.bias, hint="v")
+    q = c.emit("heads", [q], heads, {"n": a.heads}, hint="q")
+    k = c.emit("heads", [k], heads, {"n": a.heads}, hint="k")
+    v = c.emit("heads", [v], heads, {"n": a.heads}, hint="v")
+    if a.qk_norm:
+        q = c.norm(q, "q_norm", "rmsnorm", 1e-6)
+        k = c.norm(k, "k_norm", "rmsnorm", 1e-6)
+    o = c.emit("attend", [q, k, v], heads,
+               {"causal": True, "gqa": False, "alibi": a.alibi, "past": "output"}, hint="a")
+    o = c.emit("merge_heads", [o], act(d), hint="a")
+    out = c.linear(o, "o", d, a.bias, hint="a")
+    return c.fields(out, q=q, k=k, v=v)
 
 
 def _kv_source(c, kv_type: TensorType):

@@ -17,10 +17,15 @@ from . import register
 Slot = tuple[int, tuple[tuple[str, int], ...]]  # offset, ((loop var, stride), ...)
 
 
+def _owns_slot(node: Node) -> bool:
+    """kv_cache nodes, and attentions that fill their own cache from their block's output."""
+    return node.op == "kv_cache" or (node.op == "attend" and node.attr("past") == "output")
+
+
 def _count(graph: Graph, counts: dict[str, int]) -> int:
     n = 0
     for node in graph.nodes:
-        if node.op == "kv_cache":
+        if _owns_slot(node):
             n += 1
         elif node.op == "call":
             n += counts[node.attr("cls")]
@@ -33,7 +38,7 @@ def _number(graph: Graph, counts: dict[str, int], offset: int,
             strides: tuple[tuple[str, int], ...]) -> tuple[Graph, int]:
     out = Graph(graph.inputs)
     for node in graph.nodes:
-        if node.op == "kv_cache":
+        if _owns_slot(node):
             node = with_attrs(node, slot=(offset, strides))
             offset += 1
         elif node.op == "call" and counts[node.attr("cls")]:
@@ -55,7 +60,7 @@ def _number(graph: Graph, counts: dict[str, int], offset: int,
 def _layout(graph: Graph, program: Program) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for node in graph.nodes:
-        if node.op == "kv_cache":
+        if _owns_slot(node):
             k = node.types[0]
             out.append((k.shape[1], k.shape[3]))
         elif node.op == "call":

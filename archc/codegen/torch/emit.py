@@ -19,6 +19,7 @@ from ...ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Progra
                    class_order)
 from ...names import is_generated
 from ...ops import PRIMS
+from ...analysis.scan import plan_scan
 from ...passes.kvplan import slot_count
 
 INDENT = "    "
@@ -184,8 +185,39 @@ class _ClassEmitter:
         lines.append("")
         lines += self._init()
         lines.append("")
-        lines += _Forward(self).emit()
+        plan = plan_scan(self.block)
+        if plan is None:
+            lines += _Forward(self).emit()
+        else:
+            lines += self._scan(plan)
         return "\n".join(lines)
+
+    def _scan(self, plan) -> list[str]:
+        """A block whose attention reads its own past output runs as a scan over
+        positions; its graph is cut into three methods (see archc/analysis/scan.py)."""
+        ind = INDENT * 2
+        slot = _Forward(self)._slot(plan.attend)
+        alibi = ", alibi=True" if plan.alibi else ""
+        (x, _), = self.block.graph.inputs
+        name = self.block.graph.names.get(x, "x")
+        lines = [
+            f"{INDENT}def forward(self, {name}, cache, slot):",
+            f"{ind}# positions run in order: keys of earlier positions come from this "
+            "block's output",
+            f"{ind}return rt.recurrent_scan(self, {name}, cache, {slot}{alibi}, "
+            "mode=self.scan_mode)",
+        ]
+        docs = {
+            "queries": "q for every position, and k, v of each position's own input "
+                       "(the diagonal)",
+            "keys": "k, v of past positions: the same norm and projections, on the output",
+            "finish": "the rest of the block for one position, given its attention output",
+        }
+        for method, graph in (("queries", plan.queries), ("keys", plan.keys),
+                              ("finish", plan.finish)):
+            lines.append("")
+            lines += _Forward(self, graph).emit_method(method, docs[method])
+        return lines
 
     def rotary_attrs(self) -> dict[str, str]:
         """Root only: the attribute holding each rotary table's module."""
@@ -205,6 +237,8 @@ class _ClassEmitter:
         for name, module in self.block.modules:
             expr = _module_expr(module, ind)
             lines.append(f"{ind}self.{name} = {expr}{_span_comment(module)}")
+        if plan_scan(self.block) is not None:
+            lines.append(f'{ind}self.scan_mode = "tiled"  # or "naive": attend per position')
         if self.is_root:
             for name, attr in self.rotary_attrs().items():
                 dh, theta = self.ctx.tables[name]
@@ -244,14 +278,15 @@ class _Namer:
 class _Forward:
     """The forward method of one class."""
 
-    def __init__(self, cls: _ClassEmitter):
+    def __init__(self, cls: _ClassEmitter, graph: Graph | None = None):
         self.cls = cls
         self.block = cls.block
         self.ctx = cls.ctx
         self.lines: list[str] = []
         self.pos = 0
         self.span_line: int | None = None
-        graph = self.block.graph
+        graph = graph if graph is not None else self.block.graph
+        self.graph = graph
         loop_vars = {n.attr("var") for n in _walk(graph) if n.op == "loop"}
         self.ctx_args = self.ctx.needs(self.block.cls)
         reserved = set(self.ctx_args) | loop_vars | {"self"}
@@ -297,6 +332,16 @@ class _Forward:
             use(v, self.pos)
 
     # emission ------------------------------------------------------------------
+
+    def emit_method(self, name: str, doc: str) -> list[str]:
+        """A plain method over `self.graph`: its inputs in, its outputs out."""
+        graph = self.graph
+        args = [self.namer.assign(vid, graph.names.get(vid, "x"), -1) for vid, _ in graph.inputs]
+        ind = INDENT * 2
+        self._graph(graph, ind)
+        outs = [self.namer.name[v] for v in graph.outputs]
+        return ([f"{INDENT}def {name}({', '.join(['self'] + args)}):", f'{ind}"""{doc}"""']
+                + self.lines + [f"{ind}return {', '.join(outs)}"])
 
     def emit(self) -> list[str]:
         graph = self.block.graph
