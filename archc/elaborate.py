@@ -1491,8 +1491,9 @@ class OpCtx:
         return self.cb.emit(prim, inputs, [out_type], attrs, ref=ref, span=self.span,
                             hint=hint)[0]
 
-    def emit_many(self, prim: str, inputs, types, attrs=None, hint=""):
-        return tuple(self.cb.emit(prim, inputs, list(types), attrs, span=self.span, hint=hint))
+    def emit_many(self, prim: str, inputs, types, attrs=None, ref=None, hint=""):
+        return tuple(self.cb.emit(prim, inputs, list(types), attrs, ref=ref, span=self.span,
+                                  hint=hint))
 
     def fields(self, out: TensorVal, **fields: TensorVal) -> TensorVal:
         out.fields.update(fields)

@@ -14,7 +14,8 @@ from .errors import ArchcError
 from .ir import BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack, broadcast, resolve
 
 _BINARY = {"add", "sub", "mul"}
-_LEAF_OPS = {"linear", "lora", "embed", "rmsnorm", "layernorm", "layerscale", "scalar", "bias"}
+_LEAF_OPS = {"linear", "lora", "embed", "rmsnorm", "layernorm", "layerscale", "scalar", "bias",
+             "hyper", "delta"}
 
 
 def verify(program: Program, after: str = "elaboration") -> Program:

@@ -389,6 +389,81 @@ def gate(c, x, a: GateAttrs):
     return g
 
 
+class StreamsAttrs(Attrs):
+    n: int = Field(gt=0)
+
+
+class HyperAttrs(Attrs):
+    n: int = Field(gt=0)
+    alpha: float = 0.01
+    sinkhorn_iters: int = Field(default=20, gt=0)
+
+
+@op("hyper_read", HyperAttrs,
+    "mHC: from n residual streams [B, T, n*d], the sublayer input H_pre X and the packed "
+    "coefficients (H_post, Sinkhorn-constrained H_res) for hyper_write; per-token (dynamic) "
+    "coefficients times a learnable scale alpha, plus static biases", stateful=True)
+def hyper_read(c, xs, a: HyperAttrs):
+    nd = xs.type.width
+    if nd % a.n:
+        c.fail(f"{a.n} streams do not divide width {nd}", "make them with streams(x, n=...)",
+               at="n")
+    d = nd // a.n
+    k = 2 * a.n + a.n * a.n
+    ref = c.leaf(None, "hyper", {"n": a.n, "dim": d, "alpha": a.alpha,
+                                 "iters": a.sinkhorn_iters},
+                 [Weight(name="norm.weight", shape=(nd,), init=("const", 1.0)),
+                  Weight(name="proj.weight", shape=(k, nd)),
+                  Weight(name="alpha", shape=(3,), init=("const", a.alpha)),
+                  Weight(name="b_pre", shape=(a.n,), init=("const", 0.0)),
+                  Weight(name="b_post", shape=(a.n,), init=("const", 0.0)),
+                  Weight(name="b_res", shape=(a.n, a.n), init=("identity_logits", -8.0))])
+    return c.emit_many("hyper", [xs], [act(d), act(a.n + a.n * a.n)], ref=ref, hint="h,c")
+
+
+@op("hyper_write", StreamsAttrs,
+    "mHC update of the streams: X' = H_res X + H_post^T f", inputs=3)
+def hyper_write(c, xs, coeffs, f, a: StreamsAttrs):
+    if xs.type.width != a.n * f.type.width:
+        c.fail(f"streams of width {xs.type.width} do not hold {a.n} copies of width "
+               f"{f.type.width}", "pass the sublayer output computed from hyper_read's h")
+    return c.emit("hyper_write", [xs, coeffs, f], xs.type, {"n": a.n}, hint="streams")
+
+
+@op("streams", StreamsAttrs, "n copies of the residual stream side by side: [B, T, n*d]")
+def streams(c, x, a: StreamsAttrs):
+    return c.emit("expand_streams", [x], act(a.n * x.type.width), {"n": a.n}, hint="streams")
+
+
+@op("stream_merge", StreamsAttrs, "the sum of the n residual streams: [B, T, d]")
+def stream_merge(c, xs, a: StreamsAttrs):
+    if xs.type.width % a.n:
+        c.fail(f"{a.n} streams do not divide width {xs.type.width}", "match streams(x, n=...)",
+               at="n")
+    return c.emit("merge_streams", [xs], act(xs.type.width // a.n), {"n": a.n}, hint="x")
+
+
+class DeltaAttrs(Attrs):
+    beta_init: float = Field(default=1.0, ge=0, le=2)
+
+
+@op("delta", DeltaAttrs,
+    "Deep Delta Learning's residual (d_v = 1): x + beta (v - k.x) k with k the direction of "
+    "the sublayer output f, beta = 2 sigmoid(w.ctx + b) in [0, 2] (beta_init at start) and "
+    "v a scalar from x; beta = 0 is the identity, beta = 2 with v = 0 a reflection",
+    stateful=True, inputs=3)
+def delta(c, x, f, ctx, a: DeltaAttrs):
+    d = x.type.width
+    if f.type != x.type or ctx.type != x.type:
+        c.fail(f"delta needs x, f and ctx of one width, got {x.type.width}, {f.type.width}, "
+               f"{ctx.type.width}", "pass the state, the sublayer output and its normed input")
+    ref = c.leaf(None, "delta", {"dim": d, "beta_init": a.beta_init},
+                 [Weight(name="beta.weight", shape=(1, d)), Weight(name="beta.bias", shape=(1,)),
+                  Weight(name="value.weight", shape=(1, d)),
+                  Weight(name="value.bias", shape=(1,))])
+    return c.emit("delta", [x, f, ctx], x.type, ref=ref, hint="x")
+
+
 # --------------------------------------------------------------------------- stateless
 
 class ScaleAttrs(Attrs):
@@ -417,6 +492,15 @@ def _unary(name: str, doc: str):
     def fn(c, x, a):
         return c.emit(name, [x], x.type, hint=name[0])
     return fn
+
+
+class LeakyAttrs(Attrs):
+    slope: float = 0.01
+
+
+@op("leaky_relu", LeakyAttrs, "max(x, slope * x)", positional=("slope",))
+def leaky_relu(c, x, a: LeakyAttrs):
+    return c.emit("leaky_relu", [x], x.type, {"slope": a.slope}, hint="x")
 
 
 for _name, _doc in [("silu", "x * sigmoid(x)"), ("gelu", "GELU (erf)"), ("relu", "max(x, 0)"),

@@ -75,9 +75,16 @@ def _lora_flops(f: FlopInput) -> Flops:
 
 def _sdpa_flops(f: FlopInput) -> Flops:
     """Scores q k^T and the weighted sum over v at `seq` keys, counted in full as torch
-    counts scaled_dot_product_attention (a causal mask does not halve the count)."""
+    counts scaled_dot_product_attention (a causal mask does not halve the count).
+
+    An attention over its block's own past output (`past="output"`) runs as a scan whose
+    tiled prefill multiplies each query only with the keys of earlier positions (the
+    diagonal is elementwise): seq * (seq - 1) / 2 pairs, so (seq - 1) / 2 keys per token.
+    """
     heads, d_qk = f.ins[0].shape[1], f.ins[0].shape[-1]
     d_v = f.ins[2].shape[-1]
+    if f.attrs.get("past") == "output":
+        return Flops(heads * (f.seq - 1) * (d_qk + d_v), 5 * heads * f.seq)
     return Flops(2 * heads * f.seq * (d_qk + d_v), 5 * heads * f.seq)
 
 
@@ -135,6 +142,25 @@ def _depth_mix_flops(f: FlopInput) -> Flops:
     return Flops(0, 4 * f.attrs["n"] * kv)
 
 
+def _hyper_flops(f: FlopInput) -> Flops:
+    """The coefficient projection (a matmul over the n*d streams) and the stream mix."""
+    nd = f.ins[0].shape[-1]
+    k = f.outs[1].shape[-1] + f.outs[0].shape[-1] // max(1, nd // f.outs[0].shape[-1])
+    n = nd // f.outs[0].shape[-1]
+    return Flops(2 * nd * (2 * n + n * n), 4 * nd + 40 * n * n + k)
+
+
+def _hyper_write_flops(f: FlopInput) -> Flops:
+    nd = f.ins[0].shape[-1]
+    n = nd // f.ins[2].shape[-1]
+    return Flops(2 * n * nd, 2 * nd)
+
+
+def _delta_flops(f: FlopInput) -> Flops:
+    d = f.ins[0].shape[-1]
+    return Flops(4 * d, 8 * d)
+
+
 def _select_kv(a, attrs, mod):
     return (f"rt.select_kv(self.training, {attrs['p']!r}, \"{attrs['infer']}\", "
             f"({a[0]}, {a[1]}), ({a[2]}, {a[3]}))")
@@ -180,6 +206,16 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
     Prim("select_kv", _select_kv, flops=no_flops),
     Prim("depth_mix", _depth_mix, flops=_depth_mix_flops),
     Prim("gate_heads", lambda a, attrs, mod: f"rt.gate_heads({a[0]})", flops=no_flops),
+    Prim("hyper", _call, calls_module=True, flops=_hyper_flops),
+    Prim("hyper_write", lambda a, attrs, mod: f"rt.hyper_write({a[0]}, {a[1]}, {a[2]}, "
+         f"{attrs['n']})", flops=_hyper_write_flops),
+    Prim("expand_streams", lambda a, attrs, mod: f"rt.expand_streams({a[0]}, {attrs['n']})",
+         flops=no_flops),
+    Prim("merge_streams", lambda a, attrs, mod: f"rt.merge_streams({a[0]}, {attrs['n']})",
+         flops=per_element(1)),
+    Prim("delta", _call, calls_module=True, flops=_delta_flops),
+    Prim("leaky_relu", lambda a, attrs, mod: f"F.leaky_relu({a[0]}, {attrs['slope']!r})",
+         elementwise=True, flops=per_element(1)),
     Prim("softmax_scaled", lambda a, attrs, mod: f"rt.softmax_scaled({a[0]})",
          flops=per_element(5)),
     # elementwise

@@ -158,6 +158,11 @@ def _leaf_expr(leaf: Leaf) -> str:
         return f"rt.Scalar(init={a['init']!r})"
     if op == "bias":
         return f"rt.Bias({', '.join(str(s) for s in a['shape'])})"
+    if op == "hyper":
+        return (f"rt.HyperConnection({a['n']}, {a['dim']}, alpha={a['alpha']!r}, "
+                f"iters={a['iters']})")
+    if op == "delta":
+        return f"rt.DeltaResidual({a['dim']}, beta_init={a['beta_init']!r})"
     raise AssertionError(f"no module for leaf op {op}")
 
 
