@@ -4,9 +4,12 @@
     archc compile SPEC [-o DIR] [--print-ir] ...    write the PyTorch module file
     archc info    SPEC [--set ...]                  parameters: unique and applied
     archc run     SPEC [--set ...]                  compile, build, run a sample batch
+    archc cost    SPEC [--set ...] [--seq N] [--batch N] [--json]   params, FLOPs, KV, memory
+    archc fmt     SPEC [--check | -w]               print the canonical form of the spec
+    archc hash    SPEC [--set ...]                  the canonical architecture hash
 
-Spec errors print a located diagnostic and exit 1; usage errors exit 2. `check` and
-`info` never import torch.
+Spec errors print a located diagnostic and exit 1; usage errors exit 2. `check`, `info`,
+`cost`, `fmt` and `hash` never import torch.
 """
 
 from __future__ import annotations
@@ -93,6 +96,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default=None, metavar="DIR",
                    help="also write the generated file here")
+
+    p = sub.add_parser("cost", help="parameters, FLOPs per token, KV-cache and activation "
+                       "memory", description="Price a spec analytically from its IR: "
+                       "parameters (unique and applied), forward FLOPs per token at --seq "
+                       "(matmuls and attention, as torch's FlopCounterMode counts them), "
+                       "KV-cache bytes per token, and activation memory for a training step "
+                       "at --batch x --seq. Run-time loop counts are taken at their value "
+                       "(--set r=8). Does not import torch.")
+    _common(p)
+    p.add_argument("--seq", type=int, default=2048, help="sequence length (default 2048)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+    p = sub.add_parser("fmt", help="print the canonical form of a spec",
+                       description="Print the spec in canonical form: one param per line, "
+                       "blocks, then statements; one statement per line, two-space indent, "
+                       "normalized spacing and parentheses. Comments are kept. Does not "
+                       "import torch.")
+    p.add_argument("spec", help="path to a .arch file")
+    p.add_argument("--check", action="store_true",
+                   help="print nothing; exit 1 if the file is not in canonical form")
+    p.add_argument("-w", "--write", action="store_true",
+                   help="rewrite the file in place instead of printing")
+    p.add_argument("--error-format", choices=("human", "json"), default="human",
+                   help="how to print spec errors (json: one object per line, for tools)")
+
+    p = sub.add_parser("hash", help="the canonical architecture hash of a spec",
+                       description="Print the spec's architecture hash (SHA-256 of its "
+                       "elaborated IR with every local name replaced by its position): "
+                       "formatting, comments and renaming do not change it; any change to "
+                       "the architecture does. Does not import torch.")
+    _common(p)
     return parser
 
 
@@ -248,7 +283,88 @@ def _vocab(spec) -> int:
                      code="A002")
 
 
-_COMMANDS = {"check": _check, "compile": _compile, "info": _info, "run": _run}
+def _cost(args, parser) -> int:
+    from .analysis.cost import cost_of
+
+    if args.seq < 1 or args.batch < 1:
+        parser.error("--seq and --batch must be positive")
+    spec = _load(args, parser)
+    c = cost_of(spec.program, seq=args.seq, batch=args.batch)
+    if args.json:
+        print(c.to_json())
+        return 0
+    at = f"batch {args.batch} x seq {args.seq}"
+    print(f"model {c.model}  ({Path(spec.file).name})  at {at}")
+    runtime = [p for p in spec.program.params.values() if p.runtime]
+    if runtime:
+        print("  run-time counts: " + ", ".join(f"{p.name}={p.value}" for p in runtime))
+    rows = [
+        ("params", f"{c.params:,}", f"unique; {c.params_applied:,} applied per forward"),
+        ("flops/token", f"{c.flops_per_token:,}", "forward matmul FLOPs, attention included"),
+        ("", f"{c.vector_flops_per_token:,}", "elementwise and reduction FLOPs (estimate)"),
+        ("forward", f"{c.flops:,}", f"FLOPs for {at}"),
+        ("kv cache", f"{c.kv_bytes_per_token:,}",
+         f"bytes per token; {_size(c.kv_bytes)} for {at}"),
+        ("activations", f"{c.activation_bytes:,}",
+         f"bytes kept for backward at {at} ({_size(c.activation_bytes)})"),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    for name, value, note in rows:
+        print(f"  {name.ljust(w0)}  {value.rjust(w1)}  {note}")
+    table = [("instance", "params", "applied", "flops/token")]
+    table += [(n, f"{u:,}", f"{a:,}", f"{f:,}") for n, u, a, f in c.rows]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    print()
+    for row in table:
+        print("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                               for i, (v, w) in enumerate(zip(row, widths))))
+    if c.uncounted:
+        print(f"\nno FLOP rule (counted as 0): {', '.join(c.uncounted)}")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _fmt(args, parser) -> int:
+    from .format import format_text
+
+    path = Path(args.spec)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ArchcError(f"cannot read spec {args.spec!r}: {e.strerror}", None,
+                         "pass the path of a .arch file", code="A002") from None
+    out = format_text(text, str(path))
+    if args.check:
+        if out != text:
+            print(f"{path}: not in canonical form (run `archc fmt -w {path}`)",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if args.write:
+        if out != text:
+            path.write_text(out)
+        return 0
+    sys.stdout.write(out)
+    return 0
+
+
+def _hash(args, parser) -> int:
+    from .identity import program_hash
+
+    print(program_hash(_load(args, parser).program))
+    return 0
+
+
+_COMMANDS = {"check": _check, "compile": _compile, "info": _info, "run": _run,
+             "cost": _cost, "fmt": _fmt, "hash": _hash}
 
 
 if __name__ == "__main__":

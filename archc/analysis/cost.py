@@ -1,0 +1,296 @@
+"""The analytic cost of a spec, read from its IR without torch.
+
+Every number is a sum over op *applications*: a loop region multiplies its body by its trip
+count (a run-time count at its bound value: the param's default or the value passed to
+`archc.cost`), a block call adds the callee's cost, a per-iteration LoRA is an op in the
+body like any other. What one application of a primitive costs is declared once, as the
+`flops` rule of its `Prim` in `archc/ops/prims.py`; this module only walks the graph.
+
+Numbers per token are exact for the IR as elaborated (before passes):
+
+- `flops_per_token`: forward matmul FLOPs, 2 per multiply-add, the quantity torch's
+  `FlopCounterMode` reports: linears 2*in*out, LoRA 2*rank*(in+out), a tied head
+  2*d*vocab, attention 2*heads*seq*(d_qk + d_v) at `seq` keys (counted in full, as torch
+  counts scaled_dot_product_attention: a causal mask does not halve it).
+- `vector_flops_per_token`: an estimate of elementwise and reduction work (norms,
+  activations, residual adds, softmax), from the same rules.
+- `kv_bytes_per_token`: `kv_bytes(node)` summed over the caches of the kv plan, i.e. what
+  `module.new_cache(batch, max_len).nbytes / (batch * max_len)` is.
+- `activation_bytes`: the activations a training step keeps for its backward pass, at
+  `batch` x `seq`, in float32. The approximation: each op keeps what its backward needs
+  (`SAVED`: a linear its input, a product both factors, an attention q, k, v, its output
+  and a log-sum-exp per head, plus `saved_extra`), and a value kept by several ops of one
+  graph is counted once. Attention is a fused kernel (no seq x seq score matrix is kept).
+  Parameters, gradients, optimizer state, RoPE tables, token ids and the transient memory
+  of the backward pass are not counted. Against the tensors torch's autograd actually
+  saves (tests/analysis/test_cost.py) it is within -25%/+50% on every spec in specs/.
+
+Each block class is costed once per call of `cost_of` (memoized by class), so a 48-layer
+stack of one class costs one class walk plus a multiply.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..ir import BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program, Stack, resolve
+from ..ops.prims import PRIMS, FlopInput, per_token
+from ..passes import kvplan
+from .scan import plan_scan
+
+FLOAT_BYTES = 4  # activations, caches and parameters are float32
+
+# What the backward pass keeps of each primitive: the positions of the inputs it saves
+# ("out" for its own output, "*" for every input). Ops not listed keep their output.
+SAVED: dict[str, tuple] = {
+    "linear": (0,), "tied_linear": (0,), "lora": (0,),
+    "rmsnorm": (0,), "layernorm": (0,), "layerscale": (0,), "scalar": (0,),
+    "mul": (0, 1), "lerp": (0, 1, 2), "rope": (0,),
+    "silu": (0,), "gelu": (0,), "sigmoid": ("out",), "tanh": ("out",), "relu": ("out",),
+    "softmax_scaled": ("out",),
+    "sdpa": (0, 1, 2, "out"), "attend": (0, 1, 2, "out"), "depth_mix": ("*", "out"),
+    # nothing: sums, constant scales, biases, views and layout, fresh states, gathers
+    "add": (), "sub": (), "neg": (), "scale": (), "bias": (), "embed": (),
+    "heads": (), "merge_heads": (), "gate_heads": (), "concat": (), "split": (),
+    "kv_cache": (), "select_kv": (), "init_state": (),
+}
+
+# Attention primitives: (q, k, v) -> per-head output.
+ATTENTION = frozenset({"sdpa", "attend"})
+
+
+def kv_bytes(node: Node) -> int:
+    """KV-cache bytes per token that one application of `node` keeps for decoding.
+
+    The kv plan decides which nodes own a cache slot (`kvplan._owns_slot`: a `kv_cache`
+    node where an attention keeps its own keys and values, or an attention that fills its
+    cache from its block's output); an attention that reads another layer's K/V owns
+    none. A slot holds float32 k and v of the slot's layout: 2 * kv_heads * head_dim * 4
+    bytes per token. A loop's slots are counted at the loop's *bound* (a run-time count's
+    max), since `new_cache` sizes them for every iteration that can run.
+    """
+    if not kvplan._owns_slot(node):
+        return 0
+    return 2 * FLOAT_BYTES * per_token(node.types[0])
+
+
+def saved_extra(node: Node, ins: tuple, module) -> int:
+    """Elements per token that an op saves beyond its inputs and outputs: norm statistics,
+    attention's log-sum-exp per head, RoPE's rotated copy, LoRA's rank-r product."""
+    if node.op == "rmsnorm":
+        return 1
+    if node.op == "layernorm":
+        return 2
+    if node.op in ATTENTION:
+        return ins[0].shape[1]
+    if node.op == "rope":
+        return per_token(ins[0])
+    if node.op == "lora" and module is not None:
+        return dict(module.args).get("rank", 0)
+    return 0
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The cost report of one spec at one binding of its params."""
+
+    model: str
+    seq: int
+    batch: int
+    params: int  # unique parameters (what module.parameters() holds)
+    params_applied: int  # parameters read by one forward (a loop of r counts r times)
+    flops_per_token: int  # forward matmul FLOPs per token at `seq`
+    vector_flops_per_token: int  # estimated elementwise/reduction FLOPs per token
+    kv_bytes_per_token: int  # KV cache bytes per token for incremental decoding
+    activation_bytes: int  # training activations at `batch` x `seq` (module docstring)
+    bindings: dict[str, Any] = field(default_factory=dict)  # the bound params
+    rows: tuple[tuple[str, int, int, int], ...] = ()  # instance, unique, applied, flops/token
+    uncounted: tuple[str, ...] = ()  # ops with no FLOP rule (counted as 0)
+
+    @property
+    def flops(self) -> int:
+        """Forward matmul FLOPs of one batch of `batch` x `seq` tokens."""
+        return self.flops_per_token * self.seq * self.batch
+
+    @property
+    def kv_bytes(self) -> int:
+        """KV-cache bytes for `batch` sequences of `seq` tokens."""
+        return self.kv_bytes_per_token * self.seq * self.batch
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["rows"] = [dict(zip(("instance", "params", "params_applied", "flops_per_token"),
+                                r)) for r in self.rows]
+        out["uncounted"] = list(self.uncounted)
+        out["flops"] = self.flops
+        out["kv_bytes"] = self.kv_bytes
+        return out
+
+    def to_json(self) -> str:
+        """The report as one JSON object (a string), keys in a fixed order."""
+        return json.dumps(self.to_dict(), indent=2)
+
+
+@dataclass
+class _Tally:
+    """Sums for one application of a graph, per token."""
+
+    matmul: int = 0
+    vector: int = 0
+    kv: int = 0
+    act: int = 0
+    applied: int = 0
+
+    def add(self, other: "_Tally", times: int = 1, bound: int | None = None) -> None:
+        """Add `other` applied `times` times; caches are sized for `bound` applications."""
+        self.matmul += times * other.matmul
+        self.vector += times * other.vector
+        self.kv += (times if bound is None else bound) * other.kv
+        self.act += times * other.act
+        self.applied += times * other.applied
+
+
+class _Walker:
+    def __init__(self, program: Program, seq: int):
+        self.program = program
+        self.classes = program.classes
+        self.seq = seq
+        self.class_tally: dict[str, _Tally] = {}
+        self.class_numel: dict[str, int] = {}
+        self.uncounted: set[str] = set()
+
+    # ------------------------------------------------------------------ parameters
+
+    def numel(self, module: Module | None) -> int:
+        if module is None:
+            return 0
+        if isinstance(module, Leaf):
+            return module.numel
+        if isinstance(module, Group):
+            return sum(self.numel(m) for _, m in module.children)
+        if isinstance(module, Stack):
+            return sum(self.numel(m) for m in module.items)
+        if isinstance(module, BlockInst):
+            cached = self.class_numel.get(module.cls)
+            if cached is None:
+                cached = sum(self.numel(m) for _, m in self.classes[module.cls].modules)
+                self.class_numel[module.cls] = cached
+            return cached
+        raise AssertionError(module)
+
+    # ------------------------------------------------------------------ graphs
+
+    def block(self, cls: str) -> _Tally:
+        cached = self.class_tally.get(cls)
+        if cached is None:
+            block = self.classes[cls]
+            cached = self.graph(block, block.graph)
+            if any(n.op == "attend" and n.attr("past") == "output" for n in block.graph.nodes):
+                # Run as a scan: the keys of each position are computed again from the
+                # block's output there, through the same norm and k/v projections.
+                keys = plan_scan(block).keys
+                for node in keys.nodes:
+                    t, _, _ = self.node(block, keys, node)
+                    cached.matmul += t.matmul
+                    cached.vector += t.vector
+                    cached.applied += t.applied
+            self.class_tally[cls] = cached
+        return cached
+
+    def graph(self, block: BlockDef, graph: Graph) -> _Tally:
+        total = _Tally()
+        for node in graph.nodes:
+            total.add(*self.node(block, graph, node))
+        total.act += self.saved(block, graph)
+        return total
+
+    def saved(self, block: BlockDef, graph: Graph) -> int:
+        """Activation elements per token kept by this graph's own ops (not by its loop
+        bodies or callees, which their tallies hold): each kept value once."""
+        kept: dict[str, int] = {}
+        extra = 0
+        for node in graph.nodes:
+            if node.op in ("loop", "call"):
+                continue
+            slots = SAVED.get(node.op, ("out",))
+            values: list[str] = []
+            for slot in slots:
+                if slot == "out":
+                    values.extend(node.outs)
+                elif slot == "*":
+                    values.extend(node.inputs)
+                elif slot < len(node.inputs):
+                    values.append(node.inputs[slot])
+            for v in values:
+                t = graph.types.get(v)
+                if t is not None and t.dtype == "float":
+                    kept[v] = per_token(t)
+            ins = tuple(graph.types[i] for i in node.inputs)
+            module = (resolve(block, node.ref, self.classes) if node.op == "lora" else None)
+            extra += saved_extra(node, ins, module)
+        return sum(kept.values()) + extra
+
+    def node(self, block: BlockDef, graph: Graph, node: Node) -> tuple[_Tally, int, int]:
+        """The tally of one application of `node`, how many times it applies, and how
+        many times it can apply at most."""
+        if node.op == "loop":
+            count = node.attr("count")
+            return self.graph(block, node.body), count.value, count.bound
+        if node.op == "call":
+            return self.block(node.attr("cls")), 1, 1
+        t = _Tally()
+        module = resolve(block, node.ref, self.classes) if node.ref is not None else None
+        t.applied = self.numel(module)
+        ins = tuple(graph.types[i] for i in node.inputs)
+        prim = PRIMS.get(node.op)
+        if prim is None or prim.flops is None:
+            self.uncounted.add(node.op)
+        else:
+            f = prim.flops(FlopInput(ins, node.types, dict(node.attrs), module, self.seq))
+            t.matmul, t.vector = f.matmul, f.vector
+        t.kv = kv_bytes(node)
+        return t, 1, 1
+
+
+def cost_of(program: Program, seq: int = 2048, batch: int = 1) -> Cost:
+    """The cost of an elaborated program (see the module docstring for what is counted)."""
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise ValueError(f"seq must be a positive int, got {seq!r}")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    w = _Walker(program, seq)
+    root = program.model
+    rows: dict[str, _Tally] = {name: _Tally() for name, _ in root.modules}
+    other = _Tally()
+    total = _Tally()
+    _attribute(w, root, root.graph, 1, 1, rows, other, total)
+    unique = sum(w.numel(m) for _, m in root.modules)
+    table = [(name, w.numel(m), rows[name].applied, rows[name].matmul)
+             for name, m in root.modules]
+    if other.matmul or other.applied:
+        table.append(("(no instance)", 0, other.applied, other.matmul))
+    return Cost(
+        model=program.name, seq=seq, batch=batch, params=unique,
+        params_applied=total.applied, flops_per_token=total.matmul,
+        vector_flops_per_token=total.vector, kv_bytes_per_token=total.kv,
+        activation_bytes=FLOAT_BYTES * total.act * seq * batch,
+        bindings={p.name: p.value for p in program.params.values()},
+        rows=tuple(table), uncounted=tuple(sorted(w.uncounted)))
+
+
+def _attribute(w: _Walker, block: BlockDef, graph: Graph, times: int, bound: int,
+               rows: dict[str, _Tally], other: _Tally, total: _Tally) -> None:
+    """Walk the root graph, crediting each op to the top-level instance it calls."""
+    total.act += times * w.saved(block, graph)
+    for node in graph.nodes:
+        if node.op == "loop":
+            count = node.attr("count")
+            _attribute(w, block, node.body, times * count.value, bound * count.bound, rows,
+                       other, total)
+            continue
+        t, n, b = w.node(block, graph, node)
+        total.add(t, times * n, bound * b)
+        top = node.ref.path[0][0] if node.ref is not None else None
+        (rows[top] if top in rows else other).add(t, times * n, bound * b)
