@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ class Spec:
     text: str
     program: Program
     overrides: dict[str, Any]
-    compiled: Program | None = None
+    compiled: dict[str, Program] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -65,30 +65,35 @@ def load(spec: "str | Path | Spec", budget: Budget | None = None, **params: Any)
     return Spec(file, text, program, dict(params))
 
 
-def compile_program(spec: Spec) -> Program:
-    """The IR after the pass pipeline: what the backends read."""
+def compile_program(spec: Spec, mode: str = "train") -> Program:
+    """The IR after the pass pipeline: what the backends read. mode "infer" resolves
+    train-time choices to the spec's inference map and drops what that leaves dead."""
     from .passes import run_pipeline
 
-    if spec.compiled is None:
-        spec.compiled = run_pipeline(spec.program)
-    return spec.compiled
+    if mode not in ("train", "infer"):
+        raise ArchcError(f"mode must be \"train\" or \"infer\", got {mode!r}", None,
+                         "infer builds the deploy form", code="A002")
+    if mode not in spec.compiled:
+        spec.compiled[mode] = run_pipeline(spec.program.model_copy(update={"mode": mode}))
+    return spec.compiled[mode]
 
 
-def compile_source(spec: "str | Path | Spec", **params: Any) -> str:
+def compile_source(spec: "str | Path | Spec", mode: str = "train", **params: Any) -> str:
     """The generated Python module for a spec, as text."""
     from .codegen.torch import generate
 
-    return generate(compile_program(load(spec, **params)))
+    return generate(compile_program(load(spec, **params), mode))
 
 
-def build(spec: "str | Path | Spec", **params: Any):
-    """Compile a spec and return its torch.nn.Module (train mode)."""
+def build(spec: "str | Path | Spec", mode: str = "train", **params: Any):
+    """Compile a spec and return its torch.nn.Module (in train mode). mode="infer" builds
+    the inference form: train-time choices fixed to the inference map, dead weights gone."""
     import types
 
     loaded = load(spec, **params)
     from .codegen.torch import generate
 
-    source = generate(compile_program(loaded))
+    source = generate(compile_program(loaded, mode))
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     name = f"archc_generated.{loaded.program.name}_{digest}"
     module = sys.modules.get(name)
@@ -102,6 +107,8 @@ def build(spec: "str | Path | Spec", **params: Any):
     cls = getattr(module, loaded.program.root)
     model = cls()
     model.archc_spec = loaded
+    if mode == "infer":
+        model.eval()
     return model
 
 

@@ -59,6 +59,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="refuse specs with more IR ops than this")
 
 
+def _mode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("train", "infer"), default="train",
+                   help="train (default) keeps train-time choices; infer fixes them to the "
+                   "spec's inference map and drops what that leaves dead")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archc", description="Compile .arch depth-topology specs to PyTorch modules.")
@@ -80,12 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-after", action="append", default=[], metavar="PASS",
                    help="print the IR after a pass (repeatable; 'elaborate' for the input)")
     p.add_argument("--time-passes", action="store_true", help="print how long each pass took")
+    _mode(p)
 
-    p = sub.add_parser("info", help="parameter counts, unique and applied, per instance",
-                       description="Print the model's params and its parameter counts: "
-                       "unique (each weight once) and applied (once per use, so a loop of r "
-                       "counts r times). Does not import torch.")
+    p = sub.add_parser("info", help="parameter counts and KV-cache bytes",
+                       description="Print the model's params, its parameter counts (unique: "
+                       "each weight once; applied: once per use, so a loop of r counts r "
+                       "times) and its KV-cache bytes per token with and without the kv "
+                       "plan. Does not import torch.")
     _common(p)
+    _mode(p)
 
     p = sub.add_parser("run", help="compile, build and run a spec on a sample batch",
                        description="Compile a spec, build the module, run a forward pass "
@@ -190,7 +199,8 @@ def _compile(args, parser) -> int:
     if args.print_ir:
         print(format_program(spec.program))
     timings: list[tuple[str, float]] = []
-    program = run_pipeline(spec.program, set(args.print_after), timings)
+    program = run_pipeline(spec.program.model_copy(update={"mode": args.mode}),
+                           set(args.print_after), timings)
     if args.time_passes:
         for name, seconds in timings:
             print(f"pass {name:<14} {seconds * 1e3:8.3f} ms")
@@ -214,7 +224,9 @@ def _info(args, parser) -> int:
         extra = " (run-time)" if p.runtime else ""
         dom = f"  in {p.domain_text}" if p.domain_text else ""
         print(f"  {p.name}: {p.type} = {p.value!r}{extra}{dom}")
-    counts = count_params(program)
+    from .api import compile_program
+
+    counts = count_params(compile_program(spec, args.mode))
     print()
     rows = [("instance", "kind", "unique", "applied")]
     rows += [(name, kind, f"{u:,}", f"{a:,}") for name, kind, u, a in counts.rows]
@@ -225,6 +237,13 @@ def _info(args, parser) -> int:
             print("  ".join("-" * w for w in widths))
         print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w)
                         in enumerate(zip(row, widths))))
+    from .analysis.kv import planned_bytes_per_token, unplanned_bytes_per_token
+
+    planned = compile_program(spec, args.mode)
+    with_plan = planned_bytes_per_token(planned)
+    without = unplanned_bytes_per_token(planned)
+    print(f"\nKV cache per token (float32): {with_plan:,} bytes with the kv plan "
+          f"({len(planned.kv_layout)} caches), {without:,} if every attention kept its own")
     runtime = [p.name for p in program.params.values() if p.runtime]
     if runtime:
         print(f"\napplied counts use the default of run-time params: "

@@ -303,6 +303,7 @@ class Program(BaseModel):
     params: dict[str, ParamInfo]
     classes: dict[str, BlockDef]
     root: str
+    mode: Literal["train", "infer"] = "train"  # infer: resolve train-time choices, drop dead
     rope: tuple[tuple[int, float], ...] = ()
     # Set by the kvplan pass: (kv_heads, head_dim) of every cache slot, in slot order.
     kv_layout: tuple[tuple[int, int], ...] = ()

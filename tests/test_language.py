@@ -262,3 +262,45 @@ def test_blocks_expose_named_outputs():
         archc.load(spec.replace("y.pre * 2", "y.post * 2"))
     with pytest.raises(ArchcError, match="inside a loop body"):
         archc.load(HEAD + "x = embed(tokens, vocab=32, dim=d)\nfor i in 0..2 { return x }\nreturn x\n")
+
+
+def test_depth_references_reach_earlier_layers_only():
+    spec = (HEAD + "x = embed(tokens, vocab=32, dim=d)\n"
+            "for i in 0..3 as layers {\n"
+            "  y = linear(x, out=d)\n"
+            "  if i > 0 { x = x + y + layers[i - 1].y } else { x = x + y }\n"
+            "}\nreturn x + layers[0].y\n")
+    m = randomize(build(spec))
+    x = m.embed(tokens())
+    ys = []
+    for i in range(3):
+        y = m.layers[i](x)
+        x = x + y + (ys[-1] if ys else 0)
+        ys.append(y)
+    assert torch.allclose(m(tokens()), x + ys[0], atol=1e-5)
+    bad = spec.replace("layers[i - 1].y", "layers[i + 1].y")
+    with pytest.raises(ArchcError) as err:
+        archc.load(bad)
+    text = err.value.render()
+    assert "does not come before this one" in text
+    assert text.count("<spec>:") >= 2  # the reader and the value it names
+
+
+def test_depth_lists_feed_concat():
+    spec = (HEAD + "x = embed(tokens, vocab=32, dim=d)\n"
+            "for i in 0..3 as dense { y = linear(concat(x, dense[0..i].y), out=4) }\n"
+            "return concat(x, dense[0..3].y)\n")
+    m = build(spec)
+    assert [layer.in_features for layer in m.dense] == [16, 20, 24]
+    assert m(tokens()).shape[-1] == 16 + 12
+
+
+def test_gates_broadcast_per_head_and_per_token():
+    spec = (HEAD + "x = embed(tokens, vocab=32, dim=d)\n"
+            "g = gate(x, per=\"token\", act=\"sigmoid\")\nreturn x * g\n")
+    m = randomize(build(spec))
+    x = m.embed(tokens())
+    assert torch.allclose(m(tokens()), x * torch.sigmoid(m.gate(x)), atol=1e-6)
+    with pytest.raises(ArchcError, match="width mismatch"):
+        archc.load(HEAD + "x = embed(tokens, vocab=32, dim=d)\n"
+                   "g = gate(x, per=\"channel\", units=3)\nreturn x * g\n")

@@ -56,4 +56,5 @@ def run_pipeline(program: Program, print_after: set[str] | None = None,
 
 
 # Registration order is pipeline order.
+from . import dce  # noqa: E402,F401
 from . import kvplan  # noqa: E402,F401
