@@ -12,6 +12,7 @@ Math conventions (the ones archc documents):
   attention causal softmax(q k^T / sqrt(dh)) v; GQA: query head h reads kv head h // (H/H_kv)
   SwiGLU    down(silu(gate x) * up x)
   MLP       down(gelu_erf(up x))
+  ALiBi     logits - slope_h * (t - s), slope_h = 2^(-8(h+1)/H) for H a power of two
 """
 
 from __future__ import annotations
@@ -245,3 +246,107 @@ def check_train_step(model: nn.Module, toks: torch.Tensor, lr: float = 1e-2, **f
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed, "the optimizer step changed no parameter"
     return changed
+
+
+# ---------------------------------------------------------------------------- cross-layer specs
+# Pieces used by the tests of the cross-layer specs (stochastic_kv, satformer,
+# depth_attention, recurrent_transformer, dense, hyper). Still plain torch only.
+
+class QKVO(nn.Module):
+    """Bias-free attention projections with the per-head tensors exposed, for references
+    that need to reach inside attention (share K/V, add to V, mix V across layers)."""
+
+    def __init__(self, d: int, n_heads: int, n_kv_heads: int | None = None):
+        super().__init__()
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
+        self.head_dim = d // n_heads
+        self.wq = nn.Linear(d, n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(n_heads * self.head_dim, d, bias=False)
+
+    def project(self, x, rope: bool = True):
+        """x [B, T, d] -> q [B, H, T, dh], k, v [B, H_kv, T, dh]; RoPE on q and k only."""
+        q = heads(self.wq(x), self.n_heads)
+        k = heads(self.wk(x), self.n_kv_heads)
+        v = heads(self.wv(x), self.n_kv_heads)
+        if rope:
+            cos, sin = rope_tables(x.shape[1], self.head_dim)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def out(self, a):
+        """[B, H, T, dh] -> [B, T, d]"""
+        return self.wo(unheads(a))
+
+
+def alibi_slopes_pow2(n_heads: int) -> torch.Tensor:
+    """Press et al.'s ALiBi slopes for a power-of-two head count: 2^(-8(h+1)/H)."""
+    assert n_heads & (n_heads - 1) == 0, "only power-of-two head counts here"
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / n_heads) for h in range(n_heads)])
+
+
+def take(w: dict, src: "WeightSource", pairs, ours: str = "", theirs: str = "") -> None:
+    """w[ours + a] = src[theirs + b] for each (a, b) in pairs."""
+    for a, b in pairs:
+        w[ours + a] = src[theirs + b]
+
+
+ATTN_PAIRS = [("wq.weight", "q.weight"), ("wk.weight", "k.weight"),
+              ("wv.weight", "v.weight"), ("wo.weight", "o.weight")]
+SWIGLU_PAIRS = [("w1.weight", "gate.weight"), ("w3.weight", "up.weight"),
+                ("w2.weight", "down.weight")]
+
+
+@torch.no_grad()
+def copy_renamed(dst: nn.Module, src: nn.Module, rename, skip=()) -> None:
+    """Give archc module `dst` the parameters of archc module `src`: dst name ->
+    src[rename(dst name)]. Every parameter of both must be used exactly once, except the
+    source parameters named in `skip` (ones the destination has no counterpart for)."""
+    sp = {n: p for n, p in src.named_parameters() if n not in set(skip)}
+    assert len(sp) + len(set(skip)) == len(dict(src.named_parameters())), "skip names unknown parameters"
+    used = []
+    for name, p in dst.named_parameters():
+        other = rename(name)
+        assert other in sp, f"{name} -> {other}: not a parameter of the source"
+        assert p.shape == sp[other].shape, f"{name}: {tuple(p.shape)} vs {tuple(sp[other].shape)}"
+        p.copy_(sp[other])
+        used.append(other)
+    assert sorted(used) == sorted(sp), f"source parameters not copied: {sorted(set(sp) - set(used))}"
+
+
+@torch.no_grad()
+def decode(model: nn.Module, toks: torch.Tensor, chunks=None) -> torch.Tensor:
+    """Incremental decoding through one KV cache: feed `toks` in pieces of the given sizes
+    (default: one token at a time) and return the concatenated logits."""
+    T = toks.shape[1]
+    chunks = list(chunks) if chunks is not None else [1] * T
+    assert sum(chunks) == T
+    cache = model.new_cache(batch=toks.shape[0], max_len=T)
+    outs, at = [], 0
+    for n in chunks:
+        outs.append(model(toks[:, at:at + n], cache=cache))
+        at += n
+    return torch.cat(outs, dim=1)
+
+
+@torch.no_grad()
+def check_decode_matches_prefill(model: nn.Module, toks: torch.Tensor, atol: float = ATOL,
+                                 atol64: float = 1e-10, chunked=(5, 1, 2)) -> None:
+    """Eval mode: token-by-token decoding and a chunked prefill (`chunked`, then the rest)
+    equal the full-sequence forward, within `atol` in float32 and `atol64` in float64
+    (a float64 copy of the module: there only rounding differences remain, so a real
+    mismatch cannot hide below the float32 tolerance)."""
+    import copy
+
+    model.eval()
+    T = toks.shape[1]
+    rest = T - sum(chunked)
+    assert rest > 0
+    for m, tol, what in [(model, atol, "float32"), (copy.deepcopy(model).double(), atol64, "float64")]:
+        full = m(toks)
+        assert full.dtype == (torch.float32 if what == "float32" else torch.float64)
+        assert_close(decode(m, toks), full, f"{what}: token-by-token decode vs prefill", tol)
+        assert_close(decode(m, toks, list(chunked) + [rest]), full,
+                     f"{what}: chunked prefill {list(chunked) + [rest]} vs prefill", tol)
