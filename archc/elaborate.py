@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import names, syntax as S
+from . import names, scalar, syntax as S
 from .errors import ArchcError, Span, fail
 from .ir import (TOKENS, BlockDef, broadcast, BlockInst, Count, Graph, Group, Leaf, Module, Node,
                  ParamInfo, Program, Ref, Stack, TensorType, Weight, act)
@@ -80,17 +80,11 @@ class DepthStack:
 
 
 @dataclass
-class LoopIndex:
-    """The index of a `loop`: a run-time int, usable in scalar arithmetic only."""
-
-    var: str
-
-
-@dataclass
 class RuntimeScalar:
-    """Scalar arithmetic over loop indices, kept as Python source built from the AST."""
+    """A number known only at run time: a loop index, a run-time param, a block's
+    run-time param, or arithmetic and schedules over them (archc.scalar trees)."""
 
-    code: str
+    tree: tuple
 
 
 @dataclass
@@ -348,11 +342,11 @@ class Elaborator:
 
     def static(self, expr: S.Expr, env: Env, what: str = "this") -> Any:
         value = self.eval_static(expr, env)
-        if isinstance(value, (RuntimeParam, LoopIndex, RuntimeScalar)):
+        if isinstance(value, (RuntimeParam, RuntimeScalar)):
             fail(f"{what} must be known when the model is built, but it depends on a "
                  "run-time value", expr.span,
-                 "run-time params and loop indices can only set loop counts and scales",
-                 code="A023")
+                 "run-time params, schedules and loop indices can only set loop counts and "
+                 "scales", code="A023")
         return value
 
     def eval_static(self, e: S.Expr, env: Env) -> Any:
@@ -374,8 +368,8 @@ class Elaborator:
             return tuple(self.eval_static(x, env) for x in e.items)
         if isinstance(e, S.Neg):
             v = self.eval_static(e.value, env)
-            if isinstance(v, (LoopIndex, RuntimeScalar)):
-                return RuntimeScalar(f"(-{_code(v)})")
+            if isinstance(v, (RuntimeParam, RuntimeScalar)):
+                return RuntimeScalar(("neg", _tree(v)))
             return -_number(v, e.value.span)
         if isinstance(e, S.Not):
             return not _boolean(self.eval_static(e.value, env), e.value.span)
@@ -406,8 +400,40 @@ class Elaborator:
             fail(f"static values have no field `{e.name}`", e.span,
                  "fields such as `a.q` belong to tensors made by ops", code="A031")
         if isinstance(e, S.Call):
+            if isinstance(e.func, S.Name) and e.func.id in _SCHEDULES:
+                return self._schedule(e, env)
             return self._builtin(e, env)
         raise AssertionError(e)
+
+    def _schedule(self, e: S.Call, env: Env) -> "RuntimeScalar":
+        """after(onset) and ramp(start, end): values of the training step."""
+        step = self.globals.get("step")
+        if not isinstance(step, RuntimeParam):
+            fail(f"{e.func.id}() reads the training step, which this model does not declare",
+                 e.span, "add `step: int = 0 runtime` to the model's params; "
+                 "model.set_step(n) sets it", code="A025")
+        arity = _SCHEDULES[e.func.id]
+        if len(e.args) != arity or e.kwargs:
+            fail(f"{e.func.id}() takes {arity} positional argument(s)", e.span,
+                 "after(onset) or ramp(start, end), in steps", code="A032")
+        args = [self.eval_static(a, env) for a in e.args]
+        for a, arg in zip(args, e.args):
+            if not _runtime(a):
+                _number(a, arg.span)
+        if e.func.id == "after":
+            return RuntimeScalar(scalar.after(("param", "step"), _tree(args[0])))
+        return RuntimeScalar(scalar.ramp(("param", "step"), _tree(args[0]), _tree(args[1])))
+
+    def default_of(self, tree: tuple, bound: int) -> int:
+        """A run-time count at the params' current values (the bound if it reads values
+        kept on instances or loop indices)."""
+        env = {name: (p.value if not isinstance(p.value, bool) else int(p.value))
+               for name, p in self.param_info.items()}
+        try:
+            value = int(scalar.evaluate(tree, env))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return bound
+        return max(0, min(value, bound))
 
     def _builtin(self, e: S.Call, env: Env) -> Any:
         if not isinstance(e.func, S.Name) or e.func.id not in _BUILTINS:
@@ -443,7 +469,10 @@ class Elaborator:
 
     def block_class(self, block: S.Block, kwargs: dict[str, Any], inputs: list[TensorVal],
                     adapt: AdaptCfg | None, span: Span | None) -> tuple[str, TensorType]:
-        """The class for one specialization of a block; elaborated once and memoized."""
+        """The class for one specialization of a block; elaborated once and memoized.
+        Run-time block params are not part of it: they live on each instance."""
+        runtime = {p.name for p in block.params if p.runtime}
+        kwargs = {k: v for k, v in kwargs.items() if k not in runtime}
         key = (block.name, tuple(sorted(kwargs.items())), tuple(x.type for x in inputs),
                adapt.key() if adapt else None)
         if key in self.class_keys:
@@ -479,6 +508,8 @@ class Elaborator:
             out = out.value if isinstance(out, Returned) else out
             self.classes[cls] = cb.finish([out] + list(named.values()), tuple(graph_inputs),
                                           tuple(named))
+            self.classes[cls] = self.classes[cls].model_copy(
+                update={"attrs": tuple(p.name for p in block.params if p.runtime)})
             plan_scan(self.classes[cls])  # checks a block that reads its own past output
         finally:
             self.block_stack.pop()
@@ -489,6 +520,12 @@ class Elaborator:
         declared = {p.name for p in block.params}
         for p in block.params:
             names.check(p.name, p.span, "param")
+            if p.runtime:
+                if p.type not in ("int", "float"):
+                    fail(f"run-time block param `{p.name}` must be an int or a float", p.span,
+                         "it is a number kept on each instance, for schedules", code="A023")
+                env.set(p.name, RuntimeScalar(("attr", p.name)), p.span)
+                continue
             if p.name in kwargs:
                 value = kwargs[p.name]
             elif p.default is not None:
@@ -843,8 +880,8 @@ class ClassBuilder:
             return self.binary(op, left, right, e.span, e.left.span, e.right.span)
         tensor, other = (left, right) if isinstance(left, TensorVal) else (right, left)
         if e.op == "*" or (e.op == "/" and tensor is left):
-            if isinstance(other, (LoopIndex, RuntimeScalar)):
-                by = _code(other) if e.op == "*" else f"(1 / {_code(other)})"
+            if isinstance(other, (RuntimeParam, RuntimeScalar)):
+                by = _tree(other) if e.op == "*" else scalar.binary("/", 1.0, _tree(other))
             else:
                 num = _number(other, e.span)
                 if e.op == "/":
@@ -852,7 +889,7 @@ class ClassBuilder:
                         fail("division by zero", e.span, "divide by a non-zero number",
                              code="A031")
                     num = 1 / num
-                by = repr(float(num))
+                by = float(num)
             return self.emit("scale", [tensor], [tensor.type], {"by": by}, span=e.span,
                              hint="x")[0]
         fail(f"`{e.op}` between a tensor and a number is not supported", e.span,
@@ -991,7 +1028,8 @@ class ClassBuilder:
 
     def call_block(self, inst: Inst, block: S.Block, inputs, adapt, span) -> TensorVal:
         cls, _ = self.el.block_class(block, inst.kwargs, inputs, adapt, span)
-        self.materialize(inst, BlockInst(cls=cls, span=inst.span), span)
+        self.materialize(inst, BlockInst(cls=cls, args=_instance_args(block, inst), span=inst.span),
+                         span)
         attrs = {"cls": cls}
         if adapt is not None:
             attrs["iteration"] = adapt.var
@@ -1272,7 +1310,7 @@ class ClassBuilder:
             fail("this loop changes nothing", st.span,
                  "assign to a value defined before the loop, e.g. `s = core(s)`", code="A031")
         body_env, gb = self._open_body(env, inits, label, var)
-        body_env.set(var, LoopIndex(var), st.span)
+        body_env.set(var, RuntimeScalar(("var", var)), st.span)
         self.loops.append(LoopFrame(var, count.bound, "loop", var))
         try:
             _no_return(self.body(st.body, body_env), st)
@@ -1304,7 +1342,7 @@ class ClassBuilder:
 
     def _count(self, st: S.Loop, env: Env) -> Count:
         value = self.el.eval_static(st.count, env)
-        runtime = isinstance(value, RuntimeParam)
+        runtime = isinstance(value, (RuntimeParam, RuntimeScalar))
         if not runtime and (not isinstance(value, int) or isinstance(value, bool)):
             fail(f"a loop count must be an int, got {_show(value)}", st.count.span,
                  "e.g. `loop 4 { ... }` or `loop r max 64 { ... }`", code="A031")
@@ -1314,7 +1352,13 @@ class ClassBuilder:
             if not isinstance(mx, int) or isinstance(mx, bool) or mx < 1:
                 fail(f"a loop max must be a positive int, got {_show(mx)}", st.max.span,
                      "e.g. `loop r max 64`", code="A031")
-        if runtime:
+        if isinstance(value, RuntimeScalar):
+            if mx is None:
+                fail("a loop whose count is known only at run time needs a max", st.count.span,
+                     "write `loop COUNT max N { ... }`; the max sizes per-iteration weights",
+                     code="A024")
+            count = Count(value=self.el.default_of(value.tree, mx), max=mx, expr=value.tree)
+        elif runtime:
             if mx is None:
                 fail(f"the run-time loop over `{value.name}` needs a max", st.count.span,
                      f"write `loop {value.name} max N {{ ... }}`; the max sizes "
@@ -1322,7 +1366,8 @@ class ClassBuilder:
             if value.default > mx:
                 fail(f"{value.name} = {value.default} is over the loop max {mx}", st.max.span,
                      f"raise the max or lower `{value.name}`", code="A022")
-            count = Count(value=value.default, param=value.name, max=mx)
+            count = Count(value=value.default, param=value.name, max=mx,
+                          expr=("param", value.name))
         else:
             if value < 0:
                 fail(f"a loop count must not be negative, got {value}", st.count.span,
@@ -1569,10 +1614,11 @@ class OpCtx:
                       at="tied")
         return inst.ref, dict(inst.state.module.args)
 
-    def scalar_code(self, value: Any, at: str) -> str:
-        if isinstance(value, (LoopIndex, RuntimeScalar)):
-            return _code(value)
-        return repr(float(_number(value, self.spans.get(at, self.span))))
+    def scalar(self, value: Any, at: str) -> float | tuple:
+        """A static number, or a run-time scalar's tree (loop index, schedule, param)."""
+        if isinstance(value, (RuntimeParam, RuntimeScalar)):
+            return _tree(value)
+        return float(_number(value, self.spans.get(at, self.span)))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -1615,6 +1661,26 @@ def _mentions_depth(node: Any, label: str) -> bool:
         return any(_mentions_depth(getattr(node, f), label)
                    for f in node.__dataclass_fields__ if f != "span")
     return False
+
+
+def _instance_args(block: S.Block, inst: Inst) -> tuple:
+    """Values of a block's run-time params for one instance (defaults filled in)."""
+    args = []
+    for p in block.params:
+        if not p.runtime:
+            continue
+        if p.name in inst.kwargs:
+            value = inst.kwargs[p.name]
+        elif isinstance(p.default, S.Num):
+            value = p.default.value
+        else:
+            fail(f"run-time block param `{p.name}` needs a value", inst.span,
+                 f"pass it: {block.name}(x, {p.name}=...)", code="A032")
+        if _runtime(value) or not isinstance(value, (int, float)) or isinstance(value, bool):
+            fail(f"`{p.name}` takes a number known when the model is built", inst.span,
+                 "it is kept on the instance; schedules read it at run time", code="A023")
+        args.append((p.name, float(value) if p.type == "float" else value))
+    return tuple(args)
 
 
 def _no_return(result: Any, st) -> None:
@@ -1757,12 +1823,16 @@ def _camel(name: str) -> str:
     return out if not out[0].isdigit() else "M" + out
 
 
-def _code(v: Any) -> str:
-    if isinstance(v, LoopIndex):
-        return v.var
+def _tree(v: Any) -> tuple:
     if isinstance(v, RuntimeScalar):
-        return v.code
-    return repr(v)
+        return v.tree
+    if isinstance(v, RuntimeParam):
+        return ("param", v.name)
+    return scalar.num(v)
+
+
+def _runtime(v: Any) -> bool:
+    return isinstance(v, (RuntimeScalar, RuntimeParam))
 
 
 def _show(v: Any) -> str:
@@ -1770,7 +1840,7 @@ def _show(v: Any) -> str:
         return f"a tensor {v.type}"
     if isinstance(v, (Inst, InstArray)):
         return f"instance `{v.name}`"
-    if isinstance(v, (LoopIndex, RuntimeScalar, RuntimeParam)):
+    if isinstance(v, (RuntimeScalar, RuntimeParam)):
         return "a run-time value"
     if isinstance(v, str):
         return f'"{v}"'
@@ -1799,17 +1869,15 @@ _MAX_INT = 2 ** 63
 
 
 def _arith(e: S.BinOp, a: Any, b: Any) -> Any:
-    if isinstance(a, (LoopIndex, RuntimeScalar)) or isinstance(b, (LoopIndex, RuntimeScalar)):
+    if _runtime(a) or _runtime(b):
         if e.op not in ("+", "-", "*", "/", "//", "%"):
-            fail(f"`{e.op}` is not supported on a loop index", e.span,
-                 "loop indices take + - * / // %", code="A031")
-        _number(a, e.left.span) if not isinstance(a, (LoopIndex, RuntimeScalar)) else None
-        _number(b, e.right.span) if not isinstance(b, (LoopIndex, RuntimeScalar)) else None
-        return RuntimeScalar(f"({_code(a)} {e.op} {_code(b)})")
-    if isinstance(a, RuntimeParam) or isinstance(b, RuntimeParam):
-        name = a.name if isinstance(a, RuntimeParam) else b.name
-        fail(f"run-time param `{name}` can only be a loop count", e.span,
-             "static arithmetic needs values known when the model is built", code="A023")
+            fail(f"`{e.op}` is not supported on a run-time value", e.span,
+                 "run-time values take + - * / // %", code="A031")
+        if not _runtime(a):
+            _number(a, e.left.span)
+        if not _runtime(b):
+            _number(b, e.right.span)
+        return RuntimeScalar(scalar.binary(e.op, _tree(a), _tree(b)))
     if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
         return a + b
     x, y = _number(a, e.left.span), _number(b, e.right.span)
@@ -1847,7 +1915,9 @@ def _arith(e: S.BinOp, a: Any, b: Any) -> Any:
     return r
 
 
-def _compare(e: S.Compare, a: Any, b: Any) -> bool:
+def _compare(e: S.Compare, a: Any, b: Any) -> Any:
+    if _runtime(a) or _runtime(b):
+        return RuntimeScalar(scalar.compare(e.op, _tree(a), _tree(b)))
     if e.op in ("==", "!="):
         return (a == b) == (e.op == "==")
     x, y = _number(a, e.left.span), _number(b, e.right.span)
@@ -1872,6 +1942,8 @@ def _sqrt(x):
         raise ValueError("negative argument")
     return math.sqrt(x)
 
+
+_SCHEDULES = {"after": 1, "ramp": 2}
 
 _BUILTINS = {
     "min": (lambda *a: min(a), None),

@@ -150,12 +150,14 @@ class Stack(BaseModel):
 
 
 class BlockInst(BaseModel):
-    """An instance of a generated block class."""
+    """An instance of a generated block class; `args` are its run-time block params
+    (values kept on the instance, such as a layer's schedule onset)."""
 
     model_config = ConfigDict(frozen=True)
 
     kind: Literal["block"] = "block"
     cls: str
+    args: tuple[tuple[str, Any], ...] = ()
     span: Span | None = Field(default=None, exclude=True)
 
 
@@ -163,17 +165,21 @@ Module = Union[Leaf, Group, Stack, BlockInst]
 
 
 class Count(BaseModel):
-    """A loop trip count: static (`value`) or chosen at run time (`param`, up to `max`)."""
+    """A loop trip count: static (`value`), or known at run time (`expr`, an archc.scalar
+    tree over run-time params such as `r` or the training `step`, up to `max`). `value`
+    is then the count at the params' defaults; `param` names the param when the count is
+    exactly one (`loop r max 64`)."""
 
     model_config = ConfigDict(frozen=True)
 
     value: int
     param: str | None = None
     max: int | None = None
+    expr: tuple | None = None
 
     @property
     def runtime(self) -> bool:
-        return self.param is not None
+        return self.expr is not None
 
     @property
     def bound(self) -> int:
@@ -272,6 +278,7 @@ class BlockDef(BaseModel):
     modules: tuple[tuple[str, Module], ...]
     span: Span | None = None
     output_names: tuple[str, ...] = ()  # named outputs after the main one
+    attrs: tuple[str, ...] = ()  # run-time block params: constructor args kept on self
     # Loop variable that indexes per-iteration adapters, passed by the caller.
     iteration: str | None = None
     iterations: int | None = None

@@ -365,10 +365,10 @@ class _Builder:
             if p.data == "tensor_param":
                 inputs.append(TensorInput(str(p.children[0]), self.tok_span(p.children[0])))
             else:
-                pname, typ, default = p.children
+                pname, typ, default, runtime = p.children
                 params.append(Param(str(pname), str(typ),
                                     self.expr(default) if default is not None else None,
-                                    None, False, self.tok_span(pname)))
+                                    None, runtime is not None, self.tok_span(pname)))
         return Block(str(name), tuple(inputs), tuple(params), self.body(body),
                      self.span(node), self.tok_span(name))
 

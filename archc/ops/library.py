@@ -474,7 +474,7 @@ class ScaleAttrs(Attrs):
 @op("scale", ScaleAttrs, "multiply by a constant (or a loop-index expression)",
     positional=("by",))
 def scale(c, x, a: ScaleAttrs):
-    return c.emit("scale", [x], x.type, {"by": c.scalar_code(a.by, "by")}, hint="x")
+    return c.emit("scale", [x], x.type, {"by": c.scalar(a.by, "by")}, hint="x")
 
 
 @op("add", NoAttrs, "elementwise sum", inputs=2)

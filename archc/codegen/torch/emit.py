@@ -18,6 +18,7 @@ from ...errors import source_line
 from ...ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program, Ref, Stack,
                    class_order)
 from ...names import is_generated
+from ... import scalar
 from ...ops import PRIMS
 from ...analysis.scan import plan_scan
 from ...passes.kvplan import slot_count
@@ -78,10 +79,10 @@ class _Context:
         for node in _walk(block.graph):
             if node.op == "rope":
                 found.add(self.rope_names[node.attr("table")])
-            elif node.op == "loop" and node.attr("count").param:
-                found.add(node.attr("count").param)
             elif node.op == "call":
                 found.update(self.needs(node.attr("cls")))
+            for tree in _trees(node):
+                found |= scalar.free(tree, "param")
         runtime = [p for p in self.program.params if p in found]
         ropes = sorted(n for n in found if n in self.tables)
         cache = ["cache", "slot"] if self.slots(cls) else []
@@ -108,7 +109,7 @@ def _walk(graph: Graph):
 def _module_expr(m: Module, indent: str) -> str:
     """A Python expression that builds the module (possibly over several lines)."""
     if isinstance(m, BlockInst):
-        return f"{m.cls}()"
+        return f"{m.cls}({', '.join(f'{k}={v!r}' for k, v in m.args)})"
     if isinstance(m, Leaf):
         return _leaf_expr(m)
     if isinstance(m, Group):
@@ -238,7 +239,14 @@ class _ClassEmitter:
 
     def _init(self) -> list[str]:
         ind = INDENT * 2
-        lines = [f"{INDENT}def __init__(self):", f"{ind}super().__init__()"]
+        attrs = self.block.attrs
+        lines = [f"{INDENT}def __init__({', '.join(('self',) + attrs)}):",
+                 f"{ind}super().__init__()"]
+        for name in attrs:
+            lines.append(f"{ind}self.{name} = {name}  # kept per instance; schedules read it")
+        if self.is_root and "step" in self.program.params and self.program.params["step"].runtime:
+            lines.append(f"{ind}self.step = {self.program.params['step'].value}  "
+                         "# the training step; set_step() moves it")
         for name, module in self.block.modules:
             expr = _module_expr(module, ind)
             lines.append(f"{ind}self.{name} = {expr}{_span_comment(module)}")
@@ -360,7 +368,7 @@ class _Forward:
         ind = INDENT * 2
         if self.cls.is_root:
             kw = [f"{p}: int = {self.cls.program.params[p].value}" for p in self.ctx_args
-                  if p in self.cls.program.params]
+                  if p in self.cls.program.params and p != "step"]
             if "cache" in self.ctx_args:
                 kw.append("cache=None")
             sig = ", ".join(["self"] + args + (["*"] + kw if kw else []))
@@ -376,6 +384,11 @@ class _Forward:
         out = out + self.lines
         if self.cls.is_root and "cache" in self.ctx_args:
             out += self._new_cache()
+        if self.cls.is_root and "step" in self.cls.program.params and \
+                self.cls.program.params["step"].runtime:
+            out += ["", f"{INDENT}def set_step(self, step: int) -> None:",
+                    f'{INDENT * 2}"""Move the training step that schedules read (onsets, ramps)."""',
+                    f"{INDENT * 2}self.step = int(step)"]
         return out
 
     def _new_cache(self) -> list[str]:
@@ -394,8 +407,10 @@ class _Forward:
 
     def _prologue(self, tokens: str, ind: str) -> list[str]:
         lines = []
+        if "step" in self.ctx_args:
+            lines.append(f"{ind}step = self.step")
         for p in self.ctx_args:
-            if p in self.cls.program.params:
+            if p in self.cls.program.params and p != "step" and self._max_of(p):
                 mx = self._max_of(p)
                 lines.append(f'{ind}rt.check_count({p}, {mx}, "{p}")')
         start = ""
@@ -472,6 +487,9 @@ class _Forward:
             attrs["table"] = self.ctx.rope_names[attrs["table"]]
         if node.op == "kv_cache":
             attrs["slot"] = self._slot(node)
+        if node.op == "scale":
+            by = attrs["by"]
+            attrs["by"] = scalar.code(by) if isinstance(by, tuple) else repr(by)
         mod = self._ref(node.ref) if node.ref is not None else None
         return prim.lower(args, attrs, mod)
 
@@ -500,7 +518,7 @@ class _Forward:
             else:
                 self.namer.name[vid] = self.namer.name[node.inputs[k]]
         halt = node.attr("halt")
-        n = count.param if count.param else str(count.value)
+        n = _count_code(count)
         header = self._for_header(node, var, n)
         if halt is not None:
             state = names[halt[0]]
@@ -554,12 +572,29 @@ def _slot_uses_var(node: Node, var: str) -> bool:
 
 def _uses_var(node: Node, var: str) -> bool:
     """Does a node read a loop variable other than through its module ref?"""
-    import re
-
     if node.attr("iteration") == var:
         return True
+    return any(var in scalar.free(t, "var") for t in _trees(node))
+
+
+def _trees(node: Node) -> list[tuple]:
+    """Run-time scalar trees a node reads (a scale's factor, a loop's count)."""
+    out = []
     by = node.attr("by")
-    return isinstance(by, str) and re.search(rf"\b{re.escape(var)}\b", by) is not None
+    if isinstance(by, tuple):
+        out.append(by)
+    count = node.attr("count")
+    if node.op == "loop" and count.expr is not None:
+        out.append(count.expr)
+    return out
+
+
+def _count_code(count) -> str:
+    if count.expr is None:
+        return str(count.value)
+    if count.param is not None:
+        return count.param
+    return f"int({scalar.code(count.expr)})"
 
 
 def _literal(v) -> str:
