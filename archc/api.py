@@ -161,8 +161,8 @@ def spec_hash(spec: "str | Path | Spec", **params: Any) -> str:
 
 
 def format_spec(spec: "str | Path") -> str:
-    """The canonical text of a spec (text or path), comments kept (see archc/format.py)."""
-    from .format import format_text
+    """The canonical text of a spec (text or path), comments kept (see archc/fmt.py)."""
+    from .fmt import format_text
 
     file, text = _read(spec)
     return format_text(text, file)

@@ -352,7 +352,7 @@ def _size(n: int) -> str:
 
 
 def _fmt(args, parser) -> int:
-    from .format import format_text
+    from .fmt import format_text
 
     path = Path(args.spec)
     try:

@@ -273,7 +273,9 @@ class _Source:
     """The comments and blank lines of the source text."""
 
     def __init__(self, text: str):
-        self.lines = text.splitlines()
+        # Lines as the parser counts them: only "\n" ends a line (str.splitlines would also
+        # split at characters such as "\x1e" that a string literal may hold).
+        self.lines = [line.rstrip("\r") for line in text.split("\n")]
         self.code: list[str] = []  # each line with its comment removed
         self.comments: list[_Comment] = []
         for n, line in enumerate(self.lines, start=1):
