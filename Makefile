@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SPEC ?= specs/huginn.arch
+SPEC ?= specs/sgt.arch
 
 .PHONY: demo test clean
 

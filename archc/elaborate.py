@@ -1614,6 +1614,28 @@ class OpCtx:
                       at="tied")
         return inst.ref, dict(inst.state.module.args)
 
+    def attention_of(self, inst: Any) -> tuple[Ref, dict]:
+        """The ref and settings of an attention instance another op works with."""
+        if not isinstance(inst, Inst) or inst.template != "attention":
+            self.fail("`attn=` names an attention instance",
+                      "write `let attn = attention(heads=...)` and pass attn=attn", at="attn")
+        if inst.state.module is None:
+            self.fail(f"attention `{inst.name}` must run before it is looped",
+                      "call it first: a = attn(norm(x))", at="attn")
+        kw = inst.kwargs
+        for option in ("alibi", "qk_norm", "qk_bias", "kv_p"):
+            if kw.get(option):
+                self.fail(f"head loops do not support attention option `{option}`",
+                          "loop a plain RoPE attention", at="attn")
+        group = inst.state.module
+        q = dict(group.get("q").args)
+        k = dict(group.get("k").args)
+        heads = kw["heads"]
+        dh = q["out"] // heads
+        return inst.ref, {"name": inst.name, "heads": heads, "kv_heads": k["out"] // dh,
+                          "head_dim": dh, "rope": kw.get("rope", True),
+                          "rope_theta": kw.get("rope_theta", 10000.0)}
+
     def scalar(self, value: Any, at: str) -> float | tuple:
         """A static number, or a run-time scalar's tree (loop index, schedule, param)."""
         if isinstance(value, (RuntimeParam, RuntimeScalar)):

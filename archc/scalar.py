@@ -31,8 +31,18 @@ def lift(x: Any) -> Tree:
 
 
 def binary(op: str, a: Any, b: Any) -> Tree:
+    """a op b, with the identities x*1, 1*x, x+0, 0+x, x-0, x/1 folded away."""
     assert op in _BINARY
-    return ("bin", op, lift(a), lift(b))
+    a, b = lift(a), lift(b)
+    if op == "*" and a == ("num", 1):
+        return b
+    if op in ("*", "/") and b == ("num", 1):
+        return a
+    if op == "+" and a == ("num", 0):
+        return b
+    if op in ("+", "-") and b == ("num", 0):
+        return a
+    return ("bin", op, a, b)
 
 
 def compare(op: str, a: Any, b: Any) -> Tree:

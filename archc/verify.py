@@ -15,7 +15,7 @@ from .ir import BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack, broadcas
 
 _BINARY = {"add", "sub", "mul"}
 _LEAF_OPS = {"linear", "lora", "embed", "rmsnorm", "layernorm", "layerscale", "scalar", "bias",
-             "hyper", "delta"}
+             "hyper", "delta", "head_loop"}
 
 
 def verify(program: Program, after: str = "elaboration") -> Program:

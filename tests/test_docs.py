@@ -13,9 +13,12 @@ README = Path("README.md").read_text()
 
 
 def test_readme_example_spec_compiles():
-    block = re.search(r"```\n(# specs/huginn.arch.*?)```", README, re.S).group(1)
+    block = re.search(r"```\n(# specs/sgt.arch.*?)```", README, re.S).group(1)
     spec = archc.load(block)
-    assert spec.params["r"].runtime
+    assert spec.params["step"].runtime
+    real = archc.load("specs/sgt.arch")
+    assert {k: p.value for k, p in spec.params.items()} == \
+        {k: p.value for k, p in real.params.items()}
 
 
 def test_every_op_is_in_the_readme_table():

@@ -203,9 +203,9 @@ def attention(c, x, a: AttentionAttrs):
                    "of its own to change", "drop v_add/depth, or give kv_p", at="kv")
     o = c.emit("attend", [q, k, v], q.type,
                {"causal": a.causal, "gqa": kv != a.heads, "alibi": a.alibi}, hint="a")
+    fields.update(k_all=k, v_all=v, heads=o)
     o = c.emit("merge_heads", [o], act(d), hint="a")
     out = c.linear(o, "o", d, a.bias, hint="a")
-    fields.update(kv_all=k, v_all=v)
     return c.fields(out, **fields)
 
 
@@ -247,10 +247,10 @@ def _kv_source(c, kv_type: TensorType):
     if src is None:
         return None
     fields = getattr(src, "fields", {})
-    if "kv_all" not in fields:
+    if "k_all" not in fields:
         c.fail("`kv=` takes the value of an earlier attention (its output, e.g. layers[i-1].a)",
                "bind the attention's output to a name and read it by depth", at="kv")
-    k, v = fields["kv_all"], fields["v_all"]
+    k, v = fields["k_all"], fields["v_all"]
     if k.type != kv_type:
         c.fail(f"the shared keys are {k.type} but this attention needs {kv_type}",
                "kv_heads and the head dim must match the layer it reads from", at="kv")
@@ -462,6 +462,36 @@ def delta(c, x, f, ctx, a: DeltaAttrs):
                   Weight(name="value.weight", shape=(1, d)),
                   Weight(name="value.bias", shape=(1,))])
     return c.emit("delta", [x, f, ctx], x.type, ref=ref, hint="x")
+
+
+class HeadLoopAttrs(Attrs):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    attn: Any
+    heads: int = Field(gt=0)
+
+
+@op("head_loop", HeadLoopAttrs,
+    "SGT's head-subset loop: `a, o = looped(h, a, o)` reruns `heads` heads of the attention "
+    "`attn` on the new input h and updates its output a (and per-head outputs o = a.heads); "
+    "the other heads keep theirs. The looped heads are the highest-entropy ones, measured at "
+    "the first run (the growth event) and kept as state", stateful=True, inputs=3)
+def head_loop(c, h, a, o, x: HeadLoopAttrs):
+    ref, cfg = c.attention_of(x.attn)
+    heads, kv, dh = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
+    if x.heads > heads:
+        c.fail(f"cannot loop {x.heads} of {heads} heads", f"pick at most {heads}", at="heads")
+    if o.type.shape != ("B", heads, "T", dh):
+        c.fail(f"the per-head outputs are {o.type}; attention `{cfg['name']}` gives "
+               f"[B, {heads}, T, {dh}]", "pass its output's field: o = a.heads")
+    if a.type != h.type or h.type.width != heads * dh:
+        c.fail("head_loop reads the attention's input width and output",
+               "call it as looped(norm(x + a), a, o)")
+    leaf = c.leaf(None, "head_loop", {"count": x.heads, "heads": heads, "kv_heads": kv,
+                                      "head_dim": dh}, [])
+    attrs = {"attn": ref, "heads": x.heads}
+    if cfg["rope"]:
+        attrs["table"] = c.rope_table(dh, cfg["rope_theta"])
+    return c.emit_many("head_loop", [h, a, o], [a.type, o.type], attrs, ref=leaf, hint="a,o")
 
 
 # --------------------------------------------------------------------------- stateless

@@ -161,6 +161,22 @@ def _delta_flops(f: FlopInput) -> Flops:
     return Flops(4 * d, 8 * d)
 
 
+def _head_loop(a, attrs, mod):
+    rope = f", {attrs['table']}" if attrs.get("table") else ""
+    return f"{mod}({a[0]}, {a[1]}, {a[2]}, {attrs['attn']}{rope})"
+
+
+def _head_loop_flops(f: FlopInput) -> Flops:
+    """The looped heads' q/k/v projections, their attention at `seq` keys, and their
+    share of the output projection."""
+    d = f.ins[0].shape[-1]
+    dh = f.ins[2].shape[-1]
+    n = f.attrs["heads"]
+    proj = 2 * d * n * dh * 4
+    attention = 2 * n * f.seq * 2 * dh
+    return Flops(proj + attention, 5 * n * f.seq + 2 * d)
+
+
 def _select_kv(a, attrs, mod):
     return (f"rt.select_kv(self.training, {attrs['p']!r}, \"{attrs['infer']}\", "
             f"({a[0]}, {a[1]}), ({a[2]}, {a[3]}))")
@@ -206,6 +222,7 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
     Prim("select_kv", _select_kv, flops=no_flops),
     Prim("depth_mix", _depth_mix, flops=_depth_mix_flops),
     Prim("gate_heads", lambda a, attrs, mod: f"rt.gate_heads({a[0]})", flops=no_flops),
+    Prim("head_loop", _head_loop, calls_module=True, flops=_head_loop_flops),
     Prim("hyper", _call, calls_module=True, flops=_hyper_flops),
     Prim("hyper_write", lambda a, attrs, mod: f"rt.hyper_write({a[0]}, {a[1]}, {a[2]}, "
          f"{attrs['n']})", flops=_hyper_write_flops),

@@ -77,7 +77,7 @@ class _Context:
         block = self.program.classes[cls]
         found: set[str] = set()
         for node in _walk(block.graph):
-            if node.op == "rope":
+            if node.op in ("rope", "head_loop") and node.attr("table"):
                 found.add(self.rope_names[node.attr("table")])
             elif node.op == "call":
                 found.update(self.needs(node.attr("cls")))
@@ -162,6 +162,9 @@ def _leaf_expr(leaf: Leaf) -> str:
     if op == "hyper":
         return (f"rt.HyperConnection({a['n']}, {a['dim']}, alpha={a['alpha']!r}, "
                 f"iters={a['iters']})")
+    if op == "head_loop":
+        return (f"rt.HeadLoop({a['count']}, heads={a['heads']}, kv_heads={a['kv_heads']}, "
+                f"head_dim={a['head_dim']})")
     if op == "delta":
         return f"rt.DeltaResidual({a['dim']}, beta_init={a['beta_init']!r})"
     raise AssertionError(f"no module for leaf op {op}")
@@ -487,6 +490,10 @@ class _Forward:
             attrs["table"] = self.ctx.rope_names[attrs["table"]]
         if node.op == "kv_cache":
             attrs["slot"] = self._slot(node)
+        if node.op == "head_loop":
+            attrs["attn"] = self._ref(attrs["attn"])
+            if attrs.get("table"):
+                attrs["table"] = self.ctx.rope_names[attrs["table"]]
         if node.op == "scale":
             by = attrs["by"]
             attrs["by"] = scalar.code(by) if isinstance(by, tuple) else repr(by)
@@ -594,7 +601,10 @@ def _count_code(count) -> str:
         return str(count.value)
     if count.param is not None:
         return count.param
-    return f"int({scalar.code(count.expr)})"
+    expr = count.expr
+    if expr[0] == "call" and expr[1] == "float":  # after(onset) as a count: 0 or 1
+        expr = expr[2]
+    return f"int({scalar.code(expr)})"
 
 
 def _literal(v) -> str:
