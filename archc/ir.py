@@ -328,8 +328,9 @@ def walk(graph: Graph):
             yield from walk(node.body)
 
 
-def resolve(block: BlockDef, ref: Ref, classes: dict[str, BlockDef]) -> Module | None:
-    """The module a Ref names, taking stack index 0 for symbolic indices."""
+def resolve(block: BlockDef, ref: Ref, classes: dict[str, BlockDef],
+            env: dict[str, Any] | None = None) -> Module | None:
+    """The module a Ref names; a symbolic index takes its value from env (else 0)."""
     current: Module | None = None
     for depth, (name, idx) in enumerate(ref.path):
         if depth == 0:
@@ -345,7 +346,7 @@ def resolve(block: BlockDef, ref: Ref, classes: dict[str, BlockDef]) -> Module |
         if idx is not None:
             if not isinstance(current, Stack) or not current.items:
                 return None
-            i = idx if isinstance(idx, int) else 0
+            i = idx if isinstance(idx, int) else int((env or {}).get(idx, 0))
             if i >= len(current.items):
                 return None
             current = current.items[i]
@@ -495,3 +496,36 @@ def class_order(program: Program) -> list[str]:
     for cls in program.classes:
         visit_cls(cls)
     return order
+
+
+# ----------------------------------------------------------------------------- run-time counts
+
+
+def param_env(program: Program, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Values of the model's params for evaluating run-time counts and scales."""
+    env = {name: p.value for name, p in program.params.items()}
+    env.update(overrides or {})
+    return env
+
+
+def instance_env(env: dict[str, Any], module: Module | None) -> dict[str, Any]:
+    """The env inside a block instance: its run-time block params join the model's."""
+    if isinstance(module, Stack) and module.items:
+        module = module.items[0]
+    if isinstance(module, BlockInst) and module.args:
+        return {**env, **dict(module.args)}
+    return env
+
+
+def trip_count(count: Count, env: dict[str, Any]) -> int:
+    """How many times a loop runs for these param values (its default if the count reads
+    something env lacks), clamped to its bound."""
+    from .scalar import evaluate
+
+    if count.expr is None:
+        return count.value
+    try:
+        n = int(evaluate(count.expr, env))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return count.value
+    return max(0, min(n, count.bound))

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ..ir import BlockDef, BlockInst, Graph, Group, Leaf, Module, Program, Stack, resolve
+from ..ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Program, Stack,
+                  instance_env, param_env, resolve, trip_count)
 
 
 @dataclass
@@ -34,24 +35,28 @@ def module_numel(module: Module | None, classes: dict[str, BlockDef]) -> int:
     raise AssertionError(module)
 
 
-def _applied(block: BlockDef, graph: Graph, classes, runtime: dict[str, int],
-             mult: int, out: dict[str, int]) -> None:
+def _applied(block: BlockDef, graph: Graph, classes, env: dict, mult: int,
+             out: dict[str, int]) -> None:
     for node in graph.nodes:
         if node.op == "loop":
-            count = node.attr("count")
-            n = runtime.get(count.param, count.value) if count.param else count.value
-            _applied(block, node.body, classes, runtime, mult * n, out)
+            n = trip_count(node.attr("count"), env)
+            if node.attr("kind") == "for":  # iterations may differ (per-instance params)
+                for i in range(n):
+                    _applied(block, node.body, classes, {**env, node.attr("var"): i}, mult, out)
+            else:
+                _applied(block, node.body, classes, env, mult * n, out)
             continue
         if node.ref is None:
             continue
         top = node.ref.path[0][0]
         if node.op == "call":
             cls = classes[node.attr("cls")]
+            inst = resolve(block, node.ref, classes, env)
             inner: dict[str, int] = defaultdict(int)
-            _applied(cls, cls.graph, classes, runtime, mult, inner)
+            _applied(cls, cls.graph, classes, instance_env(env, inst), mult, inner)
             out[top] += sum(inner.values())
         else:
-            module = resolve(block, node.ref, classes)
+            module = resolve(block, node.ref, classes, env)
             out[top] += mult * module_numel(module, classes)
 
 
@@ -59,7 +64,7 @@ def count_params(program: Program, runtime: dict[str, int] | None = None) -> Par
     classes = program.classes
     root = program.model
     applied: dict[str, int] = defaultdict(int)
-    _applied(root, root.graph, classes, runtime or {}, 1, applied)
+    _applied(root, root.graph, classes, param_env(program, runtime), 1, applied)
     rows = []
     for name, module in root.modules:
         kind = module.cls if isinstance(module, BlockInst) else (
