@@ -11,13 +11,16 @@ What the hash covers (a change to any of these changes it):
 - the weight tree: which ops own weights, their shapes and inits, how instances are grouped
   and stacked, and which applications share a weight (sharing is part of the dataflow:
   two calls naming one instance, or a stack indexed per iteration);
-- loops: kind (`for` / `loop`), trip count, a run-time count's default and max, halting
-  rules; block calls (by the callee's own hash) and per-iteration adapters.
+- loops: kind (`for` / `loop`), trip count, a run-time count's expression, default and
+  max, halting rules; block calls (by the callee's own hash), per-iteration adapters, and
+  run-time scalars (`scale(x, by=1 / (i + 1))`, schedules over the training step, a
+  block's run-time params and the values each instance keeps for them).
 
 What it does not cover (renaming is free):
 - value names, instance names (`let` names, so state-dict keys), labels, loop variables,
-  block names, the model name, named-output names, names of run-time params (they are
-  numbered in order of first use), spans, comments and formatting;
+  block names, the model name, named-output names, names of run-time params (numbered in
+  order of first use) and of a block's run-time params (by position), spans, comments and
+  formatting;
 - search domains and params that do not reach the IR.
 
 Names are replaced by positions: values by order of definition, loop variables by
@@ -36,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any
 
 from pydantic import BaseModel
@@ -47,8 +49,27 @@ VERSION = "archc-hash/1"
 
 # Node attributes that only name things: dropped from the hash.
 _NAME_ATTRS = frozenset({"label"})
-# Attributes holding scalar code over loop variables (`scale(x, by=1 / (i + 1))`).
-_CODE_ATTRS = frozenset({"by"})
+# The node kinds of an archc.scalar tree (a run-time scalar: loop index, run-time param,
+# block attribute, arithmetic and schedules over them).
+_TREE_KINDS = frozenset({"num", "var", "param", "attr", "bin", "cmp", "neg", "call"})
+
+
+def _is_tree(value: Any) -> bool:
+    return (isinstance(value, tuple) and len(value) >= 2 and isinstance(value[0], str)
+            and value[0] in _TREE_KINDS)
+
+
+def _tree_params(value: Any):
+    """Run-time param names a value reads, in order (scalar trees, nested anywhere)."""
+    if _is_tree(value):
+        if value[0] == "param":
+            yield value[1]
+            return
+        for part in value[1:]:
+            yield from _tree_params(part)
+    elif isinstance(value, (tuple, list)):
+        for part in value:
+            yield from _tree_params(part)
 
 
 def program_hash(program: Program) -> str:
@@ -146,9 +167,16 @@ class _Hasher:
             return
         seen.add(cls)
         for node in _walk(self.classes[cls].graph):
-            count = node.attr("count") if node.op == "loop" else None
-            if isinstance(count, Count) and count.param and count.param not in self.runtime:
-                self.runtime[count.param] = f"r{len(self.runtime)}"
+            names: list[str] = []
+            for _key, value in node.attrs:
+                if isinstance(value, Count):
+                    names += [value.param] if value.param else []
+                    names += list(_tree_params(value.expr))
+                else:
+                    names += list(_tree_params(value))
+            for name in names:
+                if name not in self.runtime:
+                    self.runtime[name] = f"r{len(self.runtime)}"
             if node.op == "call":
                 self._number_runtime(node.attr("cls"), seen)
 
@@ -187,7 +215,8 @@ class _ClassSerializer:
                           for n, m in block.modules), key=lambda nm: _index(nm[0]))
         return {"inputs": inputs, "graph": graph,
                 "outputs": [self.use(o) for o in block.graph.outputs],
-                "modules": modules, "iterations": block.iterations if block.iteration else None}
+                "modules": modules, "iterations": block.iterations if block.iteration else None,
+                "attrs": len(getattr(block, "attrs", ()))}
 
     # ------------------------------------------------------------------ values
 
@@ -247,17 +276,30 @@ class _ClassSerializer:
                 out[key] = self.var(value) if isinstance(value, str) else _canon(value)
             elif key == "count" and isinstance(value, Count):
                 out[key] = [value.value, self.h.runtime.get(value.param) if value.param
-                            else None, value.max]
-            elif key in _CODE_ATTRS and isinstance(value, str):
-                out[key] = re.sub(r"[A-Za-z_][A-Za-z0-9_]*", self._code_name, value)
+                            else None, value.max, self.value(getattr(value, "expr", None))]
             else:
-                out[key] = _canon(value)
+                out[key] = self.value(value)
         return out
 
-    def _code_name(self, m: re.Match) -> str:
-        name = m.group(0)
-        v = self.var(name)
-        return name if v.startswith("?") else v
+    def value(self, value: Any) -> Any:
+        """An attribute value, with the names inside run-time scalar trees canonical."""
+        if _is_tree(value):
+            kind = value[0]
+            if kind == "var":
+                return ["var", self.var(value[1])]
+            if kind == "param":
+                return ["param", self.h.runtime.get(value[1], f"?{value[1]}")]
+            if kind == "attr":
+                attrs = tuple(getattr(self.block, "attrs", ()))
+                return ["attr", attrs.index(value[1]) if value[1] in attrs else f"?{value[1]}"]
+            if kind == "num":
+                return ["num", _canon(value[1])]
+            if kind == "neg":
+                return ["neg", self.value(value[1])]
+            return [kind, value[1], *(self.value(v) for v in value[2:])]  # bin, cmp, call
+        if isinstance(value, (tuple, list)):
+            return [self.value(v) for v in value]
+        return _canon(value)
 
     def ref(self, ref: Ref) -> list:
         out = []
@@ -299,7 +341,11 @@ class _ClassSerializer:
         if isinstance(m, Stack):
             return ["stack", [self.module(key, i) for i in m.items]]
         if isinstance(m, BlockInst):
-            return ["inst", self.h.class_hash(m.cls)]
+            # Values of the callee's run-time block params, by the params' positions.
+            names = tuple(getattr(self.h.classes[m.cls], "attrs", ()))
+            args = sorted((names.index(k) if k in names else -1, self.value(v))
+                          for k, v in getattr(m, "args", ()))
+            return ["inst", self.h.class_hash(m.cls), [list(a) for a in args]]
         raise TypeError(m)
 
 

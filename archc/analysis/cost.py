@@ -28,8 +28,11 @@ Numbers per token are exact for the IR as elaborated (before passes):
   iterations keep n x n intermediates) and the scan of an attention over its block's past
   output (per-position softmax state); there it is about half the measured bytes.
 
-Each block class is costed once per call of `cost_of` (memoized by class), so a 48-layer
-stack of one class costs one class walk plus a multiply.
+Each block class is costed once per call of `cost_of` (memoized by class and by the
+run-time block params its instances keep), so a 48-layer stack of one class costs one
+class walk plus a multiply. A run-time count that reads values kept on instances (a
+layer's schedule onset) or loop indices is evaluated per instance, at the model's params
+(the training `step` included) as bound.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..ir import BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program, Stack, resolve
+from .. import scalar
+from ..ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program, Stack,
+                  param_env, resolve, trip_count, walk)
 from ..ops.prims import PRIMS, FlopInput, per_token
 from ..passes import kvplan
 from .scan import plan_scan
@@ -164,7 +169,8 @@ class _Walker:
         self.program = program
         self.classes = program.classes
         self.seq = seq
-        self.class_tally: dict[str, _Tally] = {}
+        self.params = param_env(program)
+        self.class_tally: dict[tuple, _Tally] = {}
         self.class_numel: dict[str, int] = {}
         self.uncounted: set[str] = set()
 
@@ -188,31 +194,98 @@ class _Walker:
         raise AssertionError(module)
 
     # ------------------------------------------------------------------ graphs
+    # `attrs` are the run-time block params of the instance being walked (the values it
+    # keeps, such as a layer's schedule onset) and `index` the loop indices known so far:
+    # run-time loop counts are evaluated with them, the model's params at their values.
 
-    def block(self, cls: str) -> _Tally:
-        cached = self.class_tally.get(cls)
+    def block(self, cls: str, attrs: dict[str, Any]) -> _Tally:
+        key = (cls, tuple(sorted(attrs.items())))
+        cached = self.class_tally.get(key)
         if cached is None:
             block = self.classes[cls]
-            cached = self.graph(block, block.graph)
+            cached = self.graph(block, block.graph, attrs, {})
             if any(n.op == "attend" and n.attr("past") == "output" for n in block.graph.nodes):
                 # Run as a scan: the keys of each position are computed again from the
                 # block's output there, through the same norm and k/v projections.
                 keys = plan_scan(block).keys
                 for node in keys.nodes:
-                    t, _, _ = self.node(block, keys, node)
+                    t = self.op(block, keys, node, attrs, {})
                     cached.matmul += t.matmul
                     cached.vector += t.vector
                     cached.applied += t.applied
                 cached.act += self.saved(block, keys)
-            self.class_tally[cls] = cached
+            self.class_tally[key] = cached
         return cached
 
-    def graph(self, block: BlockDef, graph: Graph) -> _Tally:
+    def graph(self, block: BlockDef, graph: Graph, attrs: dict, index: dict,
+              rows: dict | None = None, times: int = 1, bound: int = 1) -> _Tally:
+        """One application of a graph. With `rows` (the root graph), also credit each op,
+        `times` applied (caches sized for `bound`), to the top-level instance it calls."""
         total = _Tally()
         for node in graph.nodes:
-            total.add(*self.node(block, graph, node))
+            if node.op == "loop":
+                total.add(*self.loop(block, node, attrs, index, rows, times, bound))
+                continue
+            t = self.op(block, graph, node, attrs, index)
+            total.add(t)
+            if rows is not None:
+                top = node.ref.path[0][0] if node.ref is not None else None
+                rows.get(top, rows[None]).add(t, times, bound)
         total.act += self.saved(block, graph)
         return total
+
+    def loop(self, block: BlockDef, node: Node, attrs: dict, index: dict, rows, times: int,
+             bound: int) -> tuple[_Tally, int, int]:
+        """A loop's body tally, how many times it runs, and how many times it can run."""
+        count = node.attr("count")
+        n, most = self.count(count, attrs, index), count.bound
+        var = node.attr("var")
+        if not self.needs_index(node.body, var):
+            return self.graph(block, node.body, attrs, index, rows, times * n,
+                              bound * most), n, most
+        # The body calls per-iteration instances that keep different values (or counts read
+        # the index): walk each iteration.
+        total = _Tally()
+        for k in range(max(n, most)):
+            runs, kept = int(k < n), int(k < most)
+            t = self.graph(block, node.body, attrs, {**index, var: k}, rows, times * runs,
+                           bound * kept)
+            total.add(t, runs, kept)
+        return total, 1, 1
+
+    def count(self, count, attrs: dict, index: dict) -> int:
+        """A loop's trip count, as the generated module computes it."""
+        return trip_count(count, {**self.params, **attrs, **index})
+
+    def needs_index(self, body: Graph, var: str | None) -> bool:
+        if var is None:
+            return False
+        for node in walk(body):
+            if node.op == "call" and getattr(self.classes[node.attr("cls")], "attrs", ()) \
+                    and node.ref is not None and any(i == var for _, i in node.ref.path):
+                return True
+            expr = getattr(node.attr("count"), "expr", None) if node.op == "loop" else None
+            if expr is not None and var in scalar.free(expr, "var"):
+                return True
+        return False
+
+    def instance_attrs(self, block: BlockDef, node: Node, index: dict) -> dict[str, Any]:
+        """The run-time block params a call's instance keeps (empty for most classes)."""
+        if not getattr(self.classes[node.attr("cls")], "attrs", ()) or node.ref is None:
+            return {}
+        ref = node.ref
+        for var, k in index.items():
+            ref = ref.substitute(var, k)
+        inst = resolve(block, ref, self.classes)
+        out = {}
+        for name, value in getattr(inst, "args", ()):
+            if isinstance(value, tuple):
+                try:
+                    value = scalar.evaluate(value, {**self.params, **index})
+                except (KeyError, TypeError, ValueError, OverflowError):
+                    continue
+            out[name] = value
+        return out
 
     def saved(self, block: BlockDef, graph: Graph) -> int:
         """Activation elements per token kept by this graph's own ops (not by its loop
@@ -240,14 +313,10 @@ class _Walker:
             extra += saved_extra(node, ins, module)
         return sum(kept.values()) + extra
 
-    def node(self, block: BlockDef, graph: Graph, node: Node) -> tuple[_Tally, int, int]:
-        """The tally of one application of `node`, how many times it applies, and how
-        many times it can apply at most."""
-        if node.op == "loop":
-            count = node.attr("count")
-            return self.graph(block, node.body), count.value, count.bound
+    def op(self, block: BlockDef, graph: Graph, node: Node, attrs: dict, index: dict) -> _Tally:
+        """The tally of one application of a primitive or a block call."""
         if node.op == "call":
-            return self.block(node.attr("cls")), 1, 1
+            return self.block(node.attr("cls"), self.instance_attrs(block, node, index))
         t = _Tally()
         module = resolve(block, node.ref, self.classes) if node.ref is not None else None
         t.applied = self.numel(module)
@@ -259,7 +328,7 @@ class _Walker:
             f = prim.flops(FlopInput(ins, node.types, dict(node.attrs), module, self.seq))
             t.matmul, t.vector = f.matmul, f.vector
         t.kv = kv_bytes(node)
-        return t, 1, 1
+        return t
 
 
 def cost_of(program: Program, seq: int = 2048, batch: int = 1) -> Cost:
@@ -270,10 +339,9 @@ def cost_of(program: Program, seq: int = 2048, batch: int = 1) -> Cost:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     w = _Walker(program, seq)
     root = program.model
-    rows: dict[str, _Tally] = {name: _Tally() for name, _ in root.modules}
-    other = _Tally()
-    total = _Tally()
-    _attribute(w, root, root.graph, 1, 1, rows, other, total)
+    rows: dict[str | None, _Tally] = {name: _Tally() for name, _ in root.modules}
+    rows[None] = other = _Tally()
+    total = w.graph(root, root.graph, {}, {}, rows)
     unique = sum(w.numel(m) for _, m in root.modules)
     table = [(name, w.numel(m), rows[name].applied, rows[name].matmul)
              for name, m in root.modules]
@@ -287,18 +355,3 @@ def cost_of(program: Program, seq: int = 2048, batch: int = 1) -> Cost:
         bindings={p.name: p.value for p in program.params.values()},
         rows=tuple(table), uncounted=tuple(sorted(w.uncounted)))
 
-
-def _attribute(w: _Walker, block: BlockDef, graph: Graph, times: int, bound: int,
-               rows: dict[str, _Tally], other: _Tally, total: _Tally) -> None:
-    """Walk the root graph, crediting each op to the top-level instance it calls."""
-    total.act += times * w.saved(block, graph)
-    for node in graph.nodes:
-        if node.op == "loop":
-            count = node.attr("count")
-            _attribute(w, block, node.body, times * count.value, bound * count.bound, rows,
-                       other, total)
-            continue
-        t, n, b = w.node(block, graph, node)
-        total.add(t, times * n, bound * b)
-        top = node.ref.path[0][0] if node.ref is not None else None
-        (rows[top] if top in rows else other).add(t, times * n, bound * b)

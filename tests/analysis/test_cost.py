@@ -78,6 +78,36 @@ def test_run_time_loop_counts_are_overridable():
     assert by_r[8].params_applied > by_r[4].params_applied
 
 
+SCHEDULED = """model sched(d: int = 16, step: int = 0 runtime)
+
+block layer(x, onset: int runtime) {
+  loop 2 * after(onset) max 2 {
+    x = x + mlp(x, hidden=8)
+  }
+  return x
+}
+
+x = embed(tokens, vocab=32, dim=d)
+for i in 0..3 as layers {
+  x = layer(x, onset=10 * (i + 1))
+}
+return lm_head(x, vocab=32)
+"""
+
+
+def test_counts_read_each_instances_schedule_at_the_step():
+    """A count over the training step and a value each instance keeps (SGT's onsets):
+    evaluated per layer."""
+    model = archc.build(SCHEDULED)
+    x = torch.randint(0, 32, (1, 4))
+    flops = []
+    for step in (0, 15, 25, 100):
+        model.set_step(step)
+        flops.append(archc.cost(SCHEDULED, seq=4, step=step).flops)
+        assert flops[-1] == counted(model, x)[0]
+    assert len(set(flops)) == 4
+
+
 @pytest.mark.parametrize("path", SPECS, ids=IDS)
 def test_params_applied_match_the_params_analysis(path):
     spec = archc.load(path)

@@ -92,7 +92,7 @@ STMTS = st.recursive(_simple(), _compound, max_leaves=4)
 TYPES = st.sampled_from(["int", "float", "bool", "choice"])
 DOMAINS = st.one_of(st.none(), EXPRS, st.lists(EXPRS, min_size=1, max_size=3).map(tuple))
 PARAMS = st.builds(S.Param, NAMES, TYPES, st.none() | EXPRS, DOMAINS, st.booleans())
-BLOCK_PARAMS = st.builds(S.Param, NAMES, TYPES, st.none() | EXPRS)
+BLOCK_PARAMS = st.builds(S.Param, NAMES, TYPES, st.none() | EXPRS, st.none(), st.booleans())
 BLOCKS = st.builds(S.Block, NAMES, st.lists(st.builds(S.TensorInput, NAMES), max_size=2)
                    .map(tuple), st.lists(BLOCK_PARAMS, max_size=2).map(tuple),
                    st.lists(STMTS, max_size=2).map(tuple))

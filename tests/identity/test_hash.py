@@ -24,22 +24,23 @@ IDS = [p.stem for p in SPECS]
 # of an unchanged spec moved: fine when the IR itself changed on purpose (a new attribute,
 # a different expansion), then update the values (the failure prints them); a bug when not.
 FIXTURES = {
-    ("depth_attention", ()): "91b8f2e6f886e2e231bb718375f7c3d4db34195faa2b0e000a1727c3ce5d30c9",
-    ("depth_recurrent", ()): "b375300158aadd86379a01cc6640eacadcf343ffd899c2828769c5ea15bc573b",
-    ("huginn", ()): "aa1ad66dc0ae81e64cf4d0b70d704997d8fcdbe7b1e3de11f9e667c6f2c5a4f3",
-    ("huginn", (("r", 8),)): "b85f771bf6ddffea4027c26bbd3d298a202a756504d3ca0c320f0be3cd517f68",
-    ("hyper", ()): "3f93dae3b6ab802da145fd8f62276cb93d5c9e1c1a519fcadb28620afde4efa9",
-    ("raptor", ()): "bc230e5579ae6545f01052e01be68e4bc07cf5d96daa75c5a01ac0acabfc3ae0",
+    ("depth_attention", ()): "17aa707f205a94215648614c63ea1a1b28fdf407fa663fe2a81bf6ff32e83bd9",
+    ("depth_recurrent", ()): "38f7fd9204776fe39c284019995a7cb7951e8efe2ac2edc6c1897827932344f8",
+    ("huginn", ()): "15cc74602b6f0963567f530a3912a5c8c3598a8318484ad77b8b7789fba093cf",
+    ("huginn", (("r", 8),)): "c5b775c49349f421016c48db66fac4d2e5b04f857a297cf23898b197e5a9e6a8",
+    ("hyper", ()): "ffef3f3e113e7af390b15cdef40897e1a655913f7a4d77b3297035e635ea5678",
+    ("raptor", ()): "5921bac6c46eba9a0648654f344e87fea9603cc97f42cce57f3011c10ab17ba3",
     ("recurrent_transformer", ()):
-        "8dc0b1d348d40257c4e78262b871d193b10724aaa3fff262b616c2ac5d048c60",
-    ("relaxed_recursive", ()): "9acf5d7cb7c8756eeb4e375b9ef80f9196acd579ef429e0372b2876687a37def",
-    ("satformer", ()): "5d3ee08cb0171a72c26e627d427285856f69049ab9703e7e4e974eab25a6eaeb",
-    ("sret", ()): "203c9df44c033ee23e3672d115aea224eaa834fc4ec5d8362973cbc0e5cea37b",
-    ("stochastic_kv", ()): "5712e0b4ca915e834538dc05668d19a59096870be1ddbffbc7d44f427433d5f0",
-    ("transformer", ()): "6332120f68e1fe0038c7a1199dd4884b437e5293198148add71ce90f19c1bfc3",
+        "2f40af220de9ac22e5459b0c464eb39ef7e65cab2d56a249f45e925cdc105a8a",
+    ("relaxed_recursive", ()): "93443f2fcec20ea70c4450b1209759ca9978577229f65ce65292896084fd51a8",
+    ("satformer", ()): "9e1a4fb4a5675019035c326eb73c6d662e56cf58f982fc5d651080895deb2e64",
+    ("sgt", ()): "657754327c7fccf61f7f4dece6cf416014fb9c39d45605b3e727f7836781637d",
+    ("sret", ()): "cb9baccc2200362f7f0161e94559b8a250605e43ea89096154d7a32e1cd8449b",
+    ("stochastic_kv", ()): "88637b1287383cf91ced9497c52b2ba6b48bf529b51e1f6f69e3f18ee09041ca",
+    ("transformer", ()): "499a0b30da82899aa4b2c4042c9ead635aea7157a1782929654041109b36b8f5",
     ("transformer", (("d", 512), ("depth", 48), ("heads", 8), ("hidden", 1376),
                      ("kv_heads", 4))):
-        "7fadb1757a5a75ba8f0001cc806560952d98cb4a78dcbd918bd4c4461457900d",
+        "e546907cb80bc853384f24c184c1d59d7b96ad4604a22a41417fd81d7bf987a0",
 }
 
 
@@ -217,6 +218,43 @@ def test_every_architecture_change_changes_the_hash():
         archc.hash("specs/depth_recurrent.arch", gate_bias=2.0),  # a gate's identity bias
     ]
     assert len(set(more)) == len(more)
+
+
+RUNTIME = """model rt(d: int = 16, step: int = 0 runtime, r: int = 4 in 1..=8 runtime)
+
+block layer(x, onset: int runtime) {
+  x = x + scale(mlp(x, hidden=8), by=after(onset))
+  return x
+}
+
+x = embed(tokens, vocab=32, dim=d)
+for i in 0..2 as layers {
+  x = layer(x, onset=10 * (i + 1))
+}
+loop j in r max 8 {
+  x = scale(linear(x, out=d), by=1 / (j + 1))
+}
+return lm_head(x, vocab=32)
+"""
+
+
+def test_run_time_scalars_rename_freely_and_change_with_their_values():
+    """Loop indices in scales, run-time params in counts and schedules, a block's run-time
+    params and the values its instances keep."""
+    t = RUNTIME
+    base = archc.hash(t)
+    renamed = (t.replace("loop j in r", "loop k in r").replace("(j + 1)", "(k + 1)")
+               .replace("onset", "start").replace("r: int", "n: int")
+               .replace("in r max", "in n max"))
+    assert archc.hash(renamed) == base
+    changed = [
+        t.replace("(j + 1)", "(j + 2)"),
+        t.replace("10 * (i + 1)", "20 * (i + 1)"),
+        t.replace("in r max 8", "in 2 * r - 4 max 8"),  # same count at the defaults
+        t.replace("after(onset)", "ramp(onset, onset + 5)"),
+    ]
+    hashes = {base} | {archc.hash(c) for c in changed}
+    assert len(hashes) == len(changed) + 1
 
 
 def test_cli_hash(capsys):
