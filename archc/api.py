@@ -28,7 +28,7 @@ class Spec:
     text: str
     program: Program
     overrides: dict[str, Any]
-    compiled: dict[str, Program] = field(default_factory=dict)
+    compiled: dict[tuple, Program] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -65,27 +65,38 @@ def load(spec: "str | Path | Spec", budget: Budget | None = None, **params: Any)
     return Spec(file, text, program, dict(params))
 
 
-def compile_program(spec: Spec, mode: str = "train") -> Program:
+REWRITES = ("widen",)
+
+
+def compile_program(spec: Spec, mode: str = "train", rewrites: tuple[str, ...] = ()) -> Program:
     """The IR after the pass pipeline: what the backends read. mode "infer" resolves
-    train-time choices to the spec's inference map and drops what that leaves dead."""
+    train-time choices to the spec's inference map and drops what that leaves dead;
+    `rewrites` turns on opt-in rewrite passes such as "widen"."""
     from .passes import run_pipeline
 
     if mode not in ("train", "infer"):
         raise ArchcError(f"mode must be \"train\" or \"infer\", got {mode!r}", None,
                          "infer builds the deploy form", code="A002")
-    if mode not in spec.compiled:
-        spec.compiled[mode] = run_pipeline(spec.program.model_copy(update={"mode": mode}))
-    return spec.compiled[mode]
+    for r in rewrites:
+        if r not in REWRITES:
+            raise ArchcError(f"unknown rewrite {r!r}", None,
+                             f"rewrites: {', '.join(REWRITES)}", code="A002")
+    key = (mode, tuple(rewrites))
+    if key not in spec.compiled:
+        spec.compiled[key] = run_pipeline(spec.program.model_copy(
+            update={"mode": mode, "rewrites": tuple(rewrites)}))
+    return spec.compiled[key]
 
 
-def compile_source(spec: "str | Path | Spec", mode: str = "train", **params: Any) -> str:
+def compile_source(spec: "str | Path | Spec", mode: str = "train", rewrites=(),
+                   **params: Any) -> str:
     """The generated Python module for a spec, as text."""
     from .codegen.torch import generate
 
-    return generate(compile_program(load(spec, **params), mode))
+    return generate(compile_program(load(spec, **params), mode, tuple(rewrites)))
 
 
-def build(spec: "str | Path | Spec", mode: str = "train", **params: Any):
+def build(spec: "str | Path | Spec", mode: str = "train", rewrites=(), **params: Any):
     """Compile a spec and return its torch.nn.Module (in train mode). mode="infer" builds
     the inference form: train-time choices fixed to the inference map, dead weights gone."""
     import types
@@ -93,13 +104,13 @@ def build(spec: "str | Path | Spec", mode: str = "train", **params: Any):
     loaded = load(spec, **params)
     from .codegen.torch import generate
 
-    source = generate(compile_program(loaded, mode))
+    source = generate(compile_program(loaded, mode, tuple(rewrites)))
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     name = f"archc_generated.{loaded.program.name}_{digest}"
     module = sys.modules.get(name)
     if module is None:
         module = types.ModuleType(name)
-        module.__file__ = f"<archc:{Path(loaded.file).name}>"
+        module.__file__ = f"<archc:{Path(loaded.file).name}:{digest}>"
         code = compile(source, module.__file__, "exec")
         _remember_source(module.__file__, source)
         exec(code, module.__dict__)  # our generated source; spec text never reaches exec

@@ -63,6 +63,9 @@ def _mode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("train", "infer"), default="train",
                    help="train (default) keeps train-time choices; infer fixes them to the "
                    "spec's inference map and drops what that leaves dead")
+    p.add_argument("--rewrite", action="append", default=[], choices=("widen",),
+                   help="apply an opt-in rewrite: widen turns a stack of n layers of h heads "
+                   "into one layer of n*h heads (Wide Attention)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,8 +202,9 @@ def _compile(args, parser) -> int:
     if args.print_ir:
         print(format_program(spec.program))
     timings: list[tuple[str, float]] = []
-    program = run_pipeline(spec.program.model_copy(update={"mode": args.mode}),
-                           set(args.print_after), timings)
+    program = run_pipeline(spec.program.model_copy(
+        update={"mode": args.mode, "rewrites": tuple(args.rewrite)}), set(args.print_after),
+        timings)
     if args.time_passes:
         for name, seconds in timings:
             print(f"pass {name:<14} {seconds * 1e3:8.3f} ms")
@@ -226,7 +230,7 @@ def _info(args, parser) -> int:
         print(f"  {p.name}: {p.type} = {p.value!r}{extra}{dom}")
     from .api import compile_program
 
-    counts = count_params(compile_program(spec, args.mode))
+    counts = count_params(compile_program(spec, args.mode, tuple(args.rewrite)))
     print()
     rows = [("instance", "kind", "unique", "applied")]
     rows += [(name, kind, f"{u:,}", f"{a:,}") for name, kind, u, a in counts.rows]
@@ -239,7 +243,7 @@ def _info(args, parser) -> int:
                         in enumerate(zip(row, widths))))
     from .analysis.kv import planned_bytes_per_token, unplanned_bytes_per_token
 
-    planned = compile_program(spec, args.mode)
+    planned = compile_program(spec, args.mode, tuple(args.rewrite))
     with_plan = planned_bytes_per_token(planned)
     without = unplanned_bytes_per_token(planned)
     print(f"\nKV cache per token (float32): {with_plan:,} bytes with the kv plan "

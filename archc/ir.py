@@ -311,6 +311,7 @@ class Program(BaseModel):
     classes: dict[str, BlockDef]
     root: str
     mode: Literal["train", "infer"] = "train"  # infer: resolve train-time choices, drop dead
+    rewrites: tuple[str, ...] = ()  # opt-in rewrite passes, e.g. ("widen",)
     rope: tuple[tuple[int, float], ...] = ()
     # Set by the kvplan pass: (kv_heads, head_dim) of every cache slot, in slot order.
     kv_layout: tuple[tuple[int, int], ...] = ()

@@ -59,7 +59,7 @@ def apply_rope(x: torch.Tensor, table) -> torch.Tensor:
     cos, sin = table
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return x * cos + rotated * sin
 
 
 def linear(d_in: int, d_out: int, bias: bool = True, bias_init: float | None = None) -> nn.Linear:
@@ -542,3 +542,180 @@ class HeadLoop(nn.Module):
         change = merge_heads(out - o.index_select(1, sel))
         a = a + F.linear(change, attn.o.weight[:, rows])
         return a, o.index_copy(1, sel, out)
+
+
+# ----------------------------------------------------------------------------- partitions
+
+
+def topk_keep(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep each token's k largest activations, zero the rest."""
+    if k >= x.shape[-1]:
+        return x
+    values, index = x.topk(k, dim=-1)
+    return torch.zeros_like(x).scatter(-1, index, values)
+
+
+class PartitionNorm(nn.Module):
+    """RMSNorm with statistics per partition: the width is `parts` equal channels plus
+    `dc` trailing dims (normalised as one more group); one learnable gain per dim."""
+
+    def __init__(self, dim: int, parts: int, dc: int = 0, eps: float = 1e-6):
+        super().__init__()
+        self.parts, self.dc, self.eps = parts, dc, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1]
+        main = x[..., :d - self.dc].unflatten(-1, (self.parts, -1))
+        main = main * torch.rsqrt(main.pow(2).mean(-1, keepdim=True) + self.eps)
+        out = [main.flatten(-2)]
+        if self.dc:
+            rest = x[..., d - self.dc:]
+            out.append(rest * torch.rsqrt(rest.pow(2).mean(-1, keepdim=True) + self.eps))
+        return torch.cat(out, dim=-1) * self.weight if self.dc else out[0] * self.weight
+
+
+class PhaseRotation(nn.Module):
+    """3PT's Givens rotation: partition i's dims pair into planes, each rotated by
+    theta + 2*pi*i/parts; theta is learnable (starts at 0). Orthogonal, so norms keep."""
+
+    def __init__(self, dim: int, parts: int, dc: int = 0):
+        super().__init__()
+        self.parts, self.dc = parts, dc
+        self.theta = nn.Parameter(torch.zeros(()))
+        self.register_buffer("offsets", 2 * math.pi * torch.arange(parts) / parts,
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1]
+        main = x[..., :d - self.dc].unflatten(-1, (self.parts, -1, 2))
+        angle = (self.theta + self.offsets).view(self.parts, 1)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        a, b = main[..., 0], main[..., 1]
+        rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-3)
+        return torch.cat([rotated, x[..., d - self.dc:]], dim=-1) if self.dc else rotated
+
+
+def horn(x: torch.Tensor, dc: int, start: int = 0) -> torch.Tensor:
+    """Add r(p) = 1/(p + 1) for absolute position p along the unit direction of the last
+    `dc` dims (3PT's DC channel, outside every partition)."""
+    t = x.shape[1]
+    r = 1.0 / (torch.arange(start, start + t, device=x.device, dtype=x.dtype) + 1.0)
+    direction = torch.full((dc,), dc ** -0.5, device=x.device, dtype=x.dtype)
+    pad = x.new_zeros(x.shape[-1] - dc)
+    return x + r.view(1, t, 1) * torch.cat([pad, direction])
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+class MoE(nn.Module):
+    """Top-k mixture of experts with capacity (token dropping) and a load-balance loss.
+
+    Each token goes to its k most probable experts, weighted by its router probabilities
+    renormalised over those k. Expert e takes at most ceil(capacity * N * k / E) of the N
+    tokens: first choices claim places before second choices, earlier tokens before later
+    ones; the rest are dropped for that expert. Every call appends its load-balance loss
+    E * sum_e f_e * P_e (f_e: share of first choices, P_e: mean router probability) to
+    `self.aux`, so a shared MoE applied L times contributes L terms to model.aux_loss().
+    """
+
+    def __init__(self, dim: int, experts: int, hidden: int, k: int = 2,
+                 capacity: float = 1.25, eval_capacity: float = 2.0, act: str = "gelu",
+                 noise: float = 0.0):
+        super().__init__()
+        self.experts, self.k, self.act = experts, k, act
+        self.capacity, self.eval_capacity, self.noise = capacity, eval_capacity, noise
+        self.router = nn.Parameter(torch.empty(experts, dim))
+        self.w_in = nn.Parameter(torch.empty(experts, hidden, dim))
+        self.w_out = nn.Parameter(torch.empty(experts, dim, hidden))
+        for w in (self.router, self.w_in, self.w_out):
+            nn.init.normal_(w, std=w.shape[-1] ** -0.5)
+        self.aux: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        n, e = b * t, self.experts
+        flat = x.reshape(n, d)
+        logits = flat @ self.router.t()
+        if self.training and self.noise:
+            logits = logits + self.noise * torch.randn_like(logits)
+        probs = torch.softmax(logits, dim=-1)
+        gate, index = probs.topk(self.k, dim=-1)
+        gate = gate / gate.sum(-1, keepdim=True)
+        factor = self.capacity if self.training else self.eval_capacity
+        cap = math.ceil(factor * n * self.k / e)
+        onehot = F.one_hot(index, e)                                  # [n, k, e]
+        order = onehot.transpose(0, 1).reshape(self.k * n, e)          # choices first
+        place = ((order.cumsum(0) - 1) * order).sum(-1).view(self.k, n).t()
+        keep = place < cap
+        share = onehot[:, 0].to(probs.dtype).mean(0)
+        self.aux.append(e * (share * probs.mean(0)).sum())
+        out = torch.zeros_like(flat)
+        act = getattr(F, self.act)
+        for i in range(e):
+            token, slot = ((index == i) & keep).nonzero(as_tuple=True)
+            h = act(flat[token] @ self.w_in[i].t()) @ self.w_out[i].t()
+            out = out.index_add(0, token, h * gate[token, slot].unsqueeze(-1))
+        return out.view(b, t, d)
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a sample's whole branch with probability p in training."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.empty(x.shape[0], *([1] * (x.dim() - 1)), device=x.device,
+                       dtype=x.dtype).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+def clear_aux(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, MoE):
+            m.aux = []
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor:
+    terms = [t for m in model.modules() if isinstance(m, MoE) for t in m.aux]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+class WidthRouter(nn.Module):
+    """MoHD's routed width: `groups` groups of the width, `shared` always active, the top-k
+    of the rest per token by a router. Returns the input mask (1 on active dims) and the
+    write-back weights (router weight on routed groups if `weighted`, times D / D_active
+    if `scaling`; 0 on inactive dims, which the sublayer then leaves unchanged)."""
+
+    def __init__(self, dim: int, groups: int, shared: int, k: int, weighted: bool = True,
+                 scaling: bool = True):
+        super().__init__()
+        self.groups, self.shared, self.k = groups, shared, k
+        self.weighted, self.scaling = weighted, scaling
+        self.router = nn.Linear(dim, groups - shared, bias=False)
+
+    def forward(self, x: torch.Tensor):
+        b, t, d = x.shape
+        probs = torch.softmax(self.router(x), dim=-1)
+        top, index = probs.topk(self.k, dim=-1)
+        routed_mask = torch.zeros_like(probs).scatter(-1, index, 1.0)
+        routed_weight = torch.zeros_like(probs).scatter(-1, index, top)
+        shared = x.new_ones(b, t, self.shared)
+        mask = torch.cat([shared, routed_mask], dim=-1)
+        weight = torch.cat([shared, routed_weight if self.weighted else routed_mask], dim=-1)
+        if self.scaling:
+            weight = weight * (self.groups / (self.shared + self.k))
+        size = d // self.groups
+        return mask.repeat_interleave(size, -1), weight.repeat_interleave(size, -1)
+
+
+class GroupFusion(nn.Module):
+    """A learnable mixing of a tensor's `groups` width groups (starts as the identity)."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.mix = nn.Parameter(torch.eye(groups))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        g = self.mix.shape[0]
+        parts = y.unflatten(-1, (g, -1))
+        return torch.einsum("gh,...hd->...gd", self.mix, parts).flatten(-2)

@@ -124,6 +124,8 @@ def lm_head(c, x, a: LmHeadAttrs):
 class AttentionAttrs(Attrs):
     heads: int = Field(gt=0)
     kv_heads: int | None = Field(default=None, gt=0)
+    head_dim: int | None = Field(default=None, gt=0)
+    partitions: int | None = Field(default=None, gt=0)
     causal: bool = True
     rope: bool = True
     rope_theta: float = Field(default=10000.0, gt=0)
@@ -146,10 +148,14 @@ class AttentionAttrs(Attrs):
 def attention(c, x, a: AttentionAttrs):
     d = x.type.width
     kv = a.kv_heads or a.heads
-    if d % a.heads:
+    if a.head_dim is None and d % a.heads:
         c.fail(f"{a.heads} heads do not divide width {d}",
-               f"pick heads among the divisors of {d}", at="heads")
-    dh = d // a.heads
+               f"pick heads among the divisors of {d}, or give head_dim", at="heads")
+    dh = a.head_dim or d // a.heads
+    if a.partitions is not None and (a.heads % a.partitions or kv % a.partitions):
+        c.fail(f"heads={a.heads} and kv_heads={kv} must both be multiples of "
+               f"partitions={a.partitions} so each head group sits in one partition",
+               "align the head counts with the partitions", at="partitions")
     if a.heads % kv:
         c.fail(f"kv_heads={kv} does not divide heads={a.heads}",
                "each key/value head serves a whole group of query heads", at="kv_heads")
@@ -204,7 +210,7 @@ def attention(c, x, a: AttentionAttrs):
     o = c.emit("attend", [q, k, v], q.type,
                {"causal": a.causal, "gqa": kv != a.heads, "alibi": a.alibi}, hint="a")
     fields.update(k_all=k, v_all=v, heads=o)
-    o = c.emit("merge_heads", [o], act(d), hint="a")
+    o = c.emit("merge_heads", [o], act(a.heads * dh), hint="a")
     out = c.linear(o, "o", d, a.bias, hint="a")
     return c.fields(out, **fields)
 
@@ -492,6 +498,162 @@ def head_loop(c, h, a, o, x: HeadLoopAttrs):
     if cfg["rope"]:
         attrs["table"] = c.rope_table(dh, cfg["rope_theta"])
     return c.emit_many("head_loop", [h, a, o], [a.type, o.type], attrs, ref=leaf, hint="a,o")
+
+
+class TopkAttrs(Attrs):
+    k: int = Field(gt=0)
+
+
+@op("topk", TopkAttrs, "keep the k largest activations of each token, zero the rest "
+    "(Lazy Neuron activation sparsity)", positional=("k",))
+def topk(c, x, a: TopkAttrs):
+    if a.k > x.type.width:
+        c.fail(f"k={a.k} is more than the width {x.type.width}", "k <= width", at="k")
+    return c.emit("topk", [x], x.type, {"k": a.k}, hint="m")
+
+
+class PartitionAttrs(Attrs):
+    parts: int = Field(gt=0)
+    dc: int = Field(default=0, ge=0)
+    eps: float = Field(default=1e-6, gt=0)
+
+
+def _partition_width(c, x, a) -> int:
+    d = x.type.width
+    if (d - a.dc) <= 0 or (d - a.dc) % a.parts:
+        c.fail(f"width {d} is not {a.parts} equal partitions plus dc={a.dc}",
+               f"make the width parts * c + dc, e.g. {a.parts * 16 + a.dc}", at="parts")
+    return (d - a.dc) // a.parts
+
+
+@op("partition_norm", PartitionAttrs,
+    "RMSNorm within each of `parts` equal partitions of the width (statistics per partition, "
+    "learnable gain); the last `dc` dims, if any, are normalised as their own group",
+    stateful=True)
+def partition_norm(c, x, a: PartitionAttrs):
+    _partition_width(c, x, a)
+    d = x.type.width
+    ref = c.leaf(None, "partition_norm", {"dim": d, "parts": a.parts, "dc": a.dc, "eps": a.eps},
+                 [Weight(name="weight", shape=(d,), init=("const", 1.0))])
+    return c.emit("partition_norm", [x], x.type, ref=ref, hint="h")
+
+
+class RotateAttrs(Attrs):
+    parts: int = Field(gt=0)
+    dc: int = Field(default=0, ge=0)
+
+
+@op("rotate", RotateAttrs,
+    "3PT's per-block Givens rotation: each partition's dims pair into planes rotated by "
+    "theta + 2*pi*i/parts (partition i; theta learnable, starts at 0); the dc dims stay",
+    stateful=True)
+def rotate(c, x, a: RotateAttrs):
+    width = _partition_width(c, x, PartitionAttrs(parts=a.parts, dc=a.dc))
+    if width % 2:
+        c.fail(f"partitions of {width} dims cannot pair into planes", "use an even partition "
+               "width", at="parts")
+    ref = c.leaf(None, "rotate", {"dim": x.type.width, "parts": a.parts, "dc": a.dc},
+                 [Weight(name="theta", shape=(), init=("const", 0.0))])
+    return c.emit("rotate", [x], x.type, ref=ref, hint="x")
+
+
+class HornAttrs(Attrs):
+    dc: int = Field(gt=0)
+
+
+@op("horn", HornAttrs,
+    "3PT's absolute-position side channel: adds r(p) = 1/(p+1) along the unit direction of "
+    "the last `dc` dims (outside every partition)")
+def horn(c, x, a: HornAttrs):
+    if a.dc > x.type.width:
+        c.fail(f"dc={a.dc} is more than the width", "dc counts trailing dims", at="dc")
+    if c.cb.name != c.cb.el.model.name:
+        c.fail("horn reads absolute positions and belongs in the model body",
+               "apply it to the embeddings, outside blocks")
+    return c.emit("horn", [x], x.type, {"dc": a.dc}, hint="x")
+
+
+class MoeAttrs(Attrs):
+    experts: int = Field(gt=0)
+    k: int = Field(default=2, gt=0)
+    hidden: int = Field(gt=0)
+    capacity: float = Field(default=1.25, gt=0)
+    eval_capacity: float = Field(default=2.0, gt=0)
+    act: Literal["gelu", "relu", "silu"] = "gelu"
+    noise: float = Field(default=0.0, ge=0)
+
+
+@op("moe", MoeAttrs,
+    "mixture of experts: a router sends each token to its top-k of `experts` MLPs, "
+    "weighted by its renormalised router probabilities; each expert takes at most "
+    "capacity * tokens * k / experts tokens (the rest are dropped, first choices first); "
+    "the load-balance loss of every application adds up in model.aux_loss()",
+    stateful=True)
+def moe(c, x, a: MoeAttrs):
+    d = x.type.width
+    if a.k > a.experts:
+        c.fail(f"top-{a.k} of {a.experts} experts", "k <= experts", at="k")
+    ref = c.leaf(None, "moe", {"dim": d, "experts": a.experts, "hidden": a.hidden, "k": a.k,
+                               "capacity": a.capacity, "eval_capacity": a.eval_capacity,
+                               "act": a.act, "noise": a.noise},
+                 [Weight(name="router", shape=(a.experts, d)),
+                  Weight(name="w_in", shape=(a.experts, a.hidden, d)),
+                  Weight(name="w_out", shape=(a.experts, d, a.hidden))])
+    return c.emit("moe", [x], x.type, {"k": a.k, "hidden": a.hidden}, ref=ref, hint="m")
+
+
+class DropPathAttrs(Attrs):
+    p: float = Field(ge=0, lt=1)
+
+
+@op("drop_path", DropPathAttrs,
+    "stochastic depth: in training drop the whole branch for a sample with probability p "
+    "(survivors scaled by 1/(1-p)); in eval the identity", positional=("p",))
+def drop_path(c, x, a: DropPathAttrs):
+    return c.emit("drop_path", [x], x.type, {"p": a.p}, hint="x")
+
+
+class RouteAttrs(Attrs):
+    groups: int = Field(gt=0)
+    shared: int = Field(default=0, ge=0)
+    k: int = Field(gt=0)
+    weighted: bool = True
+    scaling: bool = True
+
+
+@op("width_route", RouteAttrs,
+    "MoHD: the width is `groups` groups, the first `shared` always active and top-k of the "
+    "rest chosen per token by a router; returns the input mask and the write-back weights "
+    "(router weight on routed groups if `weighted`, times D / D_active if `scaling`, 0 on "
+    "inactive dims): `m, w = width_route(x, ...)`", stateful=True)
+def width_route(c, x, a: RouteAttrs):
+    d = x.type.width
+    routed = a.groups - a.shared
+    if d % a.groups:
+        c.fail(f"{a.groups} groups do not divide width {d}", "pick a divisor", at="groups")
+    if routed <= 0 or a.k > routed:
+        c.fail(f"top-{a.k} of {routed} routed groups", "need 0 < k <= groups - shared",
+               at="k")
+    ref = c.leaf(None, "width_route", {"dim": d, "groups": a.groups, "shared": a.shared,
+                                       "k": a.k, "weighted": a.weighted, "scaling": a.scaling},
+                 [Weight(name="router.weight", shape=(routed, d))])
+    return c.emit_many("width_route", [x], [x.type, x.type], ref=ref, hint="m,w")
+
+
+class FuseAttrs(Attrs):
+    groups: int = Field(gt=0)
+
+
+@op("group_fuse", FuseAttrs,
+    "MoHD's group fusion: a learnable groups x groups mixing of a sublayer's output groups "
+    "(starts as the identity)", stateful=True)
+def group_fuse(c, x, a: FuseAttrs):
+    if x.type.width % a.groups:
+        c.fail(f"{a.groups} groups do not divide width {x.type.width}", "pick a divisor",
+               at="groups")
+    ref = c.leaf(None, "group_fuse", {"groups": a.groups},
+                 [Weight(name="mix", shape=(a.groups, a.groups), init=("identity",))])
+    return c.emit("group_fuse", [x], x.type, ref=ref, hint="m")
 
 
 # --------------------------------------------------------------------------- stateless

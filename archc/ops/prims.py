@@ -177,6 +177,27 @@ def _head_loop_flops(f: FlopInput) -> Flops:
     return Flops(proj + attention, 5 * n * f.seq + 2 * d)
 
 
+def _moe_flops(f: FlopInput) -> Flops:
+    """The router, and each token's k experts (capacity drops not subtracted)."""
+    d = f.ins[0].shape[-1]
+    a = dict(f.module.args)
+    return Flops(2 * d * a["experts"] + a["k"] * 2 * 2 * d * a["hidden"],
+                 5 * a["experts"] + a["k"] * (8 * a["hidden"] + d))
+
+
+def _route_flops(f: FlopInput) -> Flops:
+    d = f.ins[0].shape[-1]
+    a = dict(f.module.args)
+    routed = a["groups"] - a["shared"]
+    return Flops(2 * d * routed, 5 * routed + 2 * d)
+
+
+def _fuse_flops(f: FlopInput) -> Flops:
+    d = f.ins[0].shape[-1]
+    g = dict(f.module.args)["groups"]
+    return Flops(2 * d * g, 0)
+
+
 def _select_kv(a, attrs, mod):
     return (f"rt.select_kv(self.training, {attrs['p']!r}, \"{attrs['infer']}\", "
             f"({a[0]}, {a[1]}), ({a[2]}, {a[3]}))")
@@ -223,6 +244,17 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
     Prim("depth_mix", _depth_mix, flops=_depth_mix_flops),
     Prim("gate_heads", lambda a, attrs, mod: f"rt.gate_heads({a[0]})", flops=no_flops),
     Prim("head_loop", _head_loop, calls_module=True, flops=_head_loop_flops),
+    Prim("moe", _call, calls_module=True, flops=_moe_flops),
+    Prim("drop_path", lambda a, attrs, mod: f"rt.drop_path({a[0]}, {attrs['p']!r}, "
+         "self.training)", elementwise=True, flops=per_element(1)),
+    Prim("width_route", _call, calls_module=True, flops=_route_flops),
+    Prim("group_fuse", _call, calls_module=True, flops=_fuse_flops),
+    Prim("topk", lambda a, attrs, mod: f"rt.topk_keep({a[0]}, {attrs['k']})",
+         flops=per_element(2)),
+    Prim("partition_norm", _call, calls_module=True, flops=per_element(4)),
+    Prim("rotate", _call, calls_module=True, flops=per_element(3)),
+    Prim("horn", lambda a, attrs, mod: f"rt.horn({a[0]}, {attrs['dc']}, rt.cache_start(cache))",
+         flops=no_flops),
     Prim("hyper", _call, calls_module=True, flops=_hyper_flops),
     Prim("hyper_write", lambda a, attrs, mod: f"rt.hyper_write({a[0]}, {a[1]}, {a[2]}, "
          f"{attrs['n']})", flops=_hyper_write_flops),

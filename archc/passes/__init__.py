@@ -56,5 +56,6 @@ def run_pipeline(program: Program, print_after: set[str] | None = None,
 
 
 # Registration order is pipeline order.
+from . import widen  # noqa: E402,F401
 from . import dce  # noqa: E402,F401
 from . import kvplan  # noqa: E402,F401

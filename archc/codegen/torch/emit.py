@@ -83,9 +83,11 @@ class _Context:
                 found.update(self.needs(node.attr("cls")))
             for tree in _trees(node):
                 found |= scalar.free(tree, "param")
+            if node.op == "horn":
+                found.add("cache")
         runtime = [p for p in self.program.params if p in found]
         ropes = sorted(n for n in found if n in self.tables)
-        cache = ["cache", "slot"] if self.slots(cls) else []
+        cache = ["cache", "slot"] if self.slots(cls) or "cache" in found else []
         self._needs[cls] = ropes + runtime + cache
         return self._needs[cls]
 
@@ -162,6 +164,19 @@ def _leaf_expr(leaf: Leaf) -> str:
     if op == "hyper":
         return (f"rt.HyperConnection({a['n']}, {a['dim']}, alpha={a['alpha']!r}, "
                 f"iters={a['iters']})")
+    if op == "moe":
+        return (f"rt.MoE({a['dim']}, experts={a['experts']}, hidden={a['hidden']}, k={a['k']}, "
+                f"capacity={a['capacity']!r}, eval_capacity={a['eval_capacity']!r}, "
+                f"act=\"{a['act']}\", noise={a['noise']!r})")
+    if op == "width_route":
+        return (f"rt.WidthRouter({a['dim']}, groups={a['groups']}, shared={a['shared']}, "
+                f"k={a['k']}, weighted={a['weighted']}, scaling={a['scaling']})")
+    if op == "group_fuse":
+        return f"rt.GroupFusion({a['groups']})"
+    if op == "partition_norm":
+        return f"rt.PartitionNorm({a['dim']}, parts={a['parts']}, dc={a['dc']}, eps={a['eps']!r})"
+    if op == "rotate":
+        return f"rt.PhaseRotation({a['dim']}, parts={a['parts']}, dc={a['dc']})"
     if op == "head_loop":
         return (f"rt.HeadLoop({a['count']}, heads={a['heads']}, kv_heads={a['kv_heads']}, "
                 f"head_dim={a['head_dim']})")
@@ -311,6 +326,9 @@ class _Forward:
         self.namer = _Namer(reserved)
         self.positions: dict[int, tuple[int, int]] = {}
         self.item_refs: dict[Ref, str] = {}  # refs a `for item in self.stack` loop names
+        self.deleted: set[str] = set()  # values whose local was released with `del`
+        self.depth = 0  # loop nesting of the code being emitted
+        self.depth_of: dict[str, int] = {}  # value -> nesting where its local was bound
         self._liveness(graph, {})
 
     # liveness ------------------------------------------------------------------
@@ -353,6 +371,7 @@ class _Forward:
         """A plain method over `self.graph`: its inputs in, its outputs out."""
         graph = self.graph
         args = [self.namer.assign(vid, graph.names.get(vid, "x"), -1) for vid, _ in graph.inputs]
+        self.depth_of.update((vid, 0) for vid, _ in graph.inputs)
         ind = INDENT * 2
         self._graph(graph, ind)
         outs = [self.namer.name[v] for v in graph.outputs]
@@ -365,11 +384,13 @@ class _Forward:
         for vid, _t in graph.inputs:
             name = graph.names.get(vid, "x")
             args.append(self.namer.assign(vid, name, -1))
+            self.depth_of[vid] = 0
         extra = list(self.ctx_args)
         if self.block.iteration:
             extra.append(self.block.iteration)
         ind = INDENT * 2
         if self.cls.is_root:
+            self.namer.last[graph.inputs[0][0]] = 10 ** 9  # tokens: the epilogue reads it
             kw = [f"{p}: int = {self.cls.program.params[p].value}" for p in self.ctx_args
                   if p in self.cls.program.params and p != "step"]
             if "cache" in self.ctx_args:
@@ -387,6 +408,11 @@ class _Forward:
         out = out + self.lines
         if self.cls.is_root and "cache" in self.ctx_args:
             out += self._new_cache()
+        if self.cls.is_root and _uses_op(self.cls.program, "moe"):
+            out += ["", f"{INDENT}def aux_loss(self):",
+                    f'{INDENT * 2}"""The MoE load-balance losses of the last forward, summed '
+                    'over every application."""',
+                    f"{INDENT * 2}return rt.aux_loss(self)"]
         if self.cls.is_root and "step" in self.cls.program.params and \
                 self.cls.program.params["step"].runtime:
             out += ["", f"{INDENT}def set_step(self, step: int) -> None:",
@@ -410,6 +436,8 @@ class _Forward:
 
     def _prologue(self, tokens: str, ind: str) -> list[str]:
         lines = []
+        if _uses_op(self.cls.program, "moe"):
+            lines.append(f"{ind}rt.clear_aux(self)  # load-balance losses of this forward")
         if "step" in self.ctx_args:
             lines.append(f"{ind}step = self.step")
         for p in self.ctx_args:
@@ -433,10 +461,22 @@ class _Forward:
                     best = max(best, node.attr("count").max)
         return best
 
-    def _comment(self, node: Node, ind: str) -> None:
+    def _release(self, pos: int, ind: str) -> None:
+        """`del` the locals whose values are dead, so their memory goes before the next
+        statement rather than when forward returns (what inference peak memory sees)."""
+        dead = [name for name, value in self.namer.holder.items()
+                if value not in self.deleted and self.namer.last.get(value, -1) < pos
+                and self.depth_of.get(value) == self.depth  # bound here, surely bound
+                and name not in self.namer.reserved and not value.startswith(("carry:",))]
+        if dead:
+            self.deleted.update(self.namer.holder[n] for n in dead)
+            self.lines.append(f"{ind}del {', '.join(dead)}")
+
+    def _comment(self, node: Node, ind: str, pos: int) -> None:
         span = node.span
         if span is None or span.line == self.span_line:
             return
+        self._release(pos, ind)
         self.span_line = span.line
         text = source_line(span.file, span.line).strip()
         if text:
@@ -445,7 +485,7 @@ class _Forward:
     def _graph(self, graph: Graph, ind: str) -> None:
         for node in graph.nodes:
             start, end = self.positions[id(node)]
-            self._comment(node, ind)
+            self._comment(node, ind, start)
             if node.op == "loop":
                 self._loop(node, ind, start, end)
                 continue
@@ -454,6 +494,7 @@ class _Forward:
             hints = node.hint.split(",") if node.hint else ["t"]
             names = [self.namer.assign(o, graph.names.get(o, hints[min(k, len(hints) - 1)]),
                                        start) for k, o in enumerate(node.outs)]
+            self.depth_of.update((o, self.depth) for o in node.outs)
             self.lines.append(f"{ind}{', '.join(names)} = {expr}")
 
     def _ref(self, ref: Ref) -> str:
@@ -537,12 +578,15 @@ class _Forward:
             self.lines.append(f"{ind}{INDENT}{prev} = {state}")
         else:
             self.lines.append(f"{ind}{header}")
+        self.depth += 1
         self._graph(body, ind + INDENT)
+        self.depth -= 1
         results = [self.namer.name[v] for v in body.outputs]
         if results != names:
             self.lines.append(f"{ind}{INDENT}{', '.join(names)} = {', '.join(results)}")
         for out, name in zip(node.outs, names):
             self.namer.bind(out, name)
+            self.depth_of[out] = self.depth
         if halt is not None:
             self.lines.append(f"{ind}{INDENT}{state} = {halter}.update({prev}, {state})")
             self.lines.append(f"{ind}{INDENT}if {halter}.done():")
@@ -562,14 +606,21 @@ class _Forward:
         refs = [n.ref for n in nodes if n.ref is not None]
         if node.attr("kind") == "for" and refs and all(r == whole for r in refs) \
                 and not any(_uses_var(n, var) for n in nodes):
-            item = label[:-1] if label.endswith("s") and len(label) > 1 else "layer"
-            if self.namer.free(item, 10**9) and item not in self.item_refs.values():
+            candidates = ([label[:-1]] if label.endswith("s") and len(label) > 1 else []) + \
+                ["layer", "block", f"{label}_layer"]
+            item = next((c for c in candidates if self.namer.free(c, 10**9)
+                         and c not in self.item_refs.values()), None)
+            if item is not None:
                 self.namer.reserved.add(item)
                 self.item_refs[whole] = item
                 if any(_slot_uses_var(n, var) for n in nodes):
                     return f"for {var}, {item} in enumerate(self.{label}):"
                 return f"for {item} in self.{label}:"
         return f"for {var} in range({count}):"
+
+
+def _uses_op(program: Program, op: str) -> bool:
+    return any(n.op == op for b in program.classes.values() for n in _walk(b.graph))
 
 
 def _slot_uses_var(node: Node, var: str) -> bool:
