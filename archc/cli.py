@@ -95,9 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the model's params, its parameter counts (unique: "
                        "each weight once; applied: once per use, so a loop of r counts r "
                        "times) and its KV-cache bytes per token with and without the kv "
-                       "plan. Does not import torch.")
+                       "plan, and forward FLOPs per token (for a model with a training "
+                       "step, what its schedules add at that step). Does not import torch.")
     _common(p)
     _mode(p)
+    p.add_argument("--seq", type=int, default=2048,
+                   help="sequence length for the FLOP count (default 2048)")
 
     p = sub.add_parser("run", help="compile, build and run a spec on a sample batch",
                        description="Compile a spec, build the module, run a forward pass "
@@ -248,11 +251,28 @@ def _info(args, parser) -> int:
     without = unplanned_bytes_per_token(planned)
     print(f"\nKV cache per token (float32): {with_plan:,} bytes with the kv plan "
           f"({len(planned.kv_layout)} caches), {without:,} if every attention kept its own")
+    _info_flops(spec, args.seq)
     runtime = [p.name for p in program.params.values() if p.runtime]
     if runtime:
         print(f"\napplied counts use the default of run-time params: "
               f"{', '.join(f'{n}={program.params[n].value}' for n in runtime)}")
     return 0
+
+
+def _info_flops(spec, seq: int) -> None:
+    """Forward FLOPs per token; for a model with a training step, what its schedules add
+    at this step over step 0 (e.g. SGT's looped heads)."""
+    from . import api
+    from .analysis.cost import cost_of
+
+    flops = cost_of(spec.program, seq=seq).flops_per_token
+    print(f"forward matmul FLOPs per token at seq {seq}: {flops:,}")
+    step = spec.params.get("step")
+    if step is not None and step.runtime:
+        base = cost_of(api.load(spec, step=0).program, seq=seq).flops_per_token
+        extra = flops - base
+        print(f"  at step {step.value}: {extra:+,} over step 0 "
+              f"({100.0 * extra / base:+.2f}%), from schedules")
 
 
 def _run(args, parser) -> int:
