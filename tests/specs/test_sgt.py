@@ -370,6 +370,20 @@ def test_info_unique_params_independent_of_step(capsys):
     assert applied[0] == applied[1] < applied[2] < applied[3] < applied[4] == applied[5]
 
 
+def test_info_reports_the_extra_flops_of_a_step(capsys):
+    """`archc info --set step=N` prints what the schedules add over step 0: the looped
+    heads' FLOPs of the layers grown by step N (defaults: seq 2048, onsets 400..100)."""
+    import re
+    from archc.cli import main
+
+    for step, grown in [(250, 2), (10_000, 4)]:
+        assert main(["info", SPEC, "--set", f"step={step}"]) == 0
+        out = capsys.readouterr().out
+        seq = int(re.search(r"FLOPs per token at seq (\d+)", out).group(1))
+        extra = int(re.search(r"at step \d+: \+([\d,]+) over step 0", out).group(1).replace(",", ""))
+        assert extra == grown * 1 * per_head_flops(64, 4, seq), out
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "archc.analysis.params counts the head_loop node as its HeadLoop leaf (0 parameters), "
     "so the looped heads' slices of W_q/W_k/W_v/W_o that each loop applies again are not in "
