@@ -350,3 +350,56 @@ def check_decode_matches_prefill(model: nn.Module, toks: torch.Tensor, atol: flo
         assert_close(decode(m, toks), full, f"{what}: token-by-token decode vs prefill", tol)
         assert_close(decode(m, toks, list(chunked) + [rest]), full,
                      f"{what}: chunked prefill {list(chunked) + [rest]} vs prefill", tol)
+
+
+# ---------------------------------------------------------------------------- width / routing specs
+# Pieces used by the tests of three_phase, mohd, widenet, wide_attention, lazy_topk.
+# Still plain torch only.
+
+class HeadDimAttention(nn.Module):
+    """Causal GQA self-attention with RoPE whose head size is its own parameter (not
+    d / heads): wq d -> H*dh, wk/wv d -> H_kv*dh, wo H*dh -> d (Llama names)."""
+
+    def __init__(self, d: int, n_heads: int, n_kv_heads: int | None = None,
+                 head_dim: int | None = None):
+        super().__init__()
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
+        self.head_dim = head_dim or d // n_heads
+        self.wq = nn.Linear(d, n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(n_heads * self.head_dim, d, bias=False)
+
+    def forward(self, x):
+        cos, sin = rope_tables(x.shape[1], self.head_dim)
+        q = apply_rope(heads(self.wq(x), self.n_heads), cos, sin)
+        k = apply_rope(heads(self.wk(x), self.n_kv_heads), cos, sin)
+        v = heads(self.wv(x), self.n_kv_heads)
+        return self.wo(unheads(causal_attention(q, k, v)))
+
+
+@torch.no_grad()
+def identity_plus_noise_(model: nn.Module, suffix: str, seed: int = 0, std: float = 0.05) -> list[str]:
+    """Square parameters whose name ends with `suffix` and that start as the identity
+    (MoHD's group fusion) become I + N(0, std^2) per element. `randomize_` sees them as
+    non-constant and would make them pure noise; call this after it. Returns the names."""
+    g = torch.Generator().manual_seed(seed)
+    done = []
+    for name, p in model.named_parameters():
+        if name.endswith(suffix):
+            assert p.dim() == 2 and p.shape[0] == p.shape[1], f"{name}: not square"
+            p.copy_(torch.eye(p.shape[0]) + torch.randn(p.shape, generator=g) * std)
+            done.append(name)
+    assert done, f"no parameter ends with {suffix!r}"
+    return done
+
+
+def capture(module: nn.Module, store: list, what: str = "output"):
+    """Register a hook appending the module's first input ("input") or its output
+    ("output") to `store`; returns the handle (call .remove())."""
+    if what == "input":
+        return module.register_forward_pre_hook(lambda mod, args: store.append(args[0].detach().clone()))
+    return module.register_forward_hook(
+        lambda mod, args, out: store.append(tuple(o.detach().clone() for o in out)
+                                            if isinstance(out, tuple) else out.detach().clone()))
