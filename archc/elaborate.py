@@ -406,7 +406,17 @@ class Elaborator:
         raise AssertionError(e)
 
     def _schedule(self, e: S.Call, env: Env) -> "RuntimeScalar":
-        """after(onset) and ramp(start, end): values of the training step."""
+        """after(onset) and ramp(start, end): values of the training step;
+        training(a, b): a while training, b in eval (an explicit inference form)."""
+        if e.func.id == "training":
+            if len(e.args) != 2 or e.kwargs:
+                fail("training() takes the training value and the inference value", e.span,
+                     "e.g. training(ramp(0, 1000), 1.0)", code="A032")
+            a, b = (self.eval_static(x, env) for x in e.args)
+            for v, arg in ((a, e.args[0]), (b, e.args[1])):
+                if not _runtime(v):
+                    _number(v, arg.span)
+            return RuntimeScalar(scalar.training(_tree(a), _tree(b)))
         step = self.globals.get("step")
         if not isinstance(step, RuntimeParam):
             fail(f"{e.func.id}() reads the training step, which this model does not declare",
@@ -962,8 +972,8 @@ class ClassBuilder:
                 static = {k: v for k, v in kwargs.items() if k not in opdef.tensor_kwargs}
                 inst = self.new_inst(func.id, func.id, static, spans, e.span, claim=False)
             return self.expand_op(opdef, inst, inputs, e, env)
-        if func.id in _BUILTINS:
-            return self.el._builtin(e, env)
+        if func.id in _BUILTINS or func.id in _SCHEDULES:
+            return self.el.eval_static(e, env)
         if func.id in ADAPTERS:
             fail(f"`{func.id}` is an adapter; it goes after `with` on an instance call",
                  func.span, f"write `core(x) with {func.id}(...)`", code="A034")
@@ -1051,6 +1061,7 @@ class ClassBuilder:
         tensors = {k: kwargs.pop(k) for k in list(kwargs) if k in opdef.tensor_kwargs}
         attrs = self.validate(opdef, kwargs, spans, e.span)
         ctx = OpCtx(self, opdef, inst, e.span, spans, tensors)
+        ctx.sigma = bool(getattr(attrs, "sigma", False))
         result = opdef.expand(ctx, *inputs, attrs)
         if inst is not None:
             module = ctx.module()
@@ -1493,6 +1504,7 @@ class OpCtx:
         self.span = span
         self.spans = spans
         self.tensors = tensors or {}
+        self.sigma = False
         self._self_leaf: Module | None = None
         self._children: list[tuple[str, Module]] = []
 
@@ -1550,6 +1562,13 @@ class OpCtx:
     def linear(self, x: TensorVal, name: str | None, out: int, bias: bool, hint: str = "y",
                bias_init: float | None = None) -> TensorVal:
         d = x.type.width
+        if self.sigma:  # sigma-Reparam: the op asked for spectrally reparameterized weights
+            weights = [Weight(name="weight", shape=(out, d)), Weight(name="gamma", shape=())]
+            if bias:
+                weights.append(Weight(name="bias", shape=(out,)))
+            ref = self.leaf(name, "sigma_linear", {"in": d, "out": out, "bias": bias}, weights)
+            return self.emit("sigma_linear", [x], TensorType(shape=x.type.shape[:-1] + (out,)),
+                             ref=ref, hint=hint)
         weights = [Weight(name="weight", shape=(out, d))]
         args = {"in": d, "out": out, "bias": bias}
         if bias:
@@ -1965,7 +1984,7 @@ def _sqrt(x):
     return math.sqrt(x)
 
 
-_SCHEDULES = {"after": 1, "ramp": 2}
+_SCHEDULES = {"after": 1, "ramp": 2, "training": 2}
 
 _BUILTINS = {
     "min": (lambda *a: min(a), None),

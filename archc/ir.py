@@ -302,6 +302,28 @@ class ParamInfo(BaseModel):
     runtime: bool = False
 
 
+class WeightGroup(BaseModel):
+    """Weights applied more than once per forward, recorded by the share pass.
+
+    `shared`: one module applied by several nodes, or by one node inside a loop that does
+    not index it per iteration (a `let` instance called again, a looped core). `tied`: a
+    module whose weights another op reads as well (`lm_head(tied=emb)` reads the
+    embedding as its output projection; a head loop reads its attention's projections).
+    `uses` has one entry per node that applies it: the op (a block call: the class) and
+    the value it makes, `x4` (or `x r`, `x <=64` for a run-time count) inside loops."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["shared", "tied"]
+    cls: str  # the class whose modules hold it
+    ref: Ref  # its path there, indices literal
+    module: str  # format_module of it
+    uses: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.cls}.{self.ref}: {self.module} <- {', '.join(self.uses)}"
+
+
 class Program(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -312,9 +334,15 @@ class Program(BaseModel):
     root: str
     mode: Literal["train", "infer"] = "train"  # infer: resolve train-time choices, drop dead
     rewrites: tuple[str, ...] = ()  # opt-in rewrite passes, e.g. ("widen",)
+    # Set by the reparam pass: (class, target weight, recipe) for archc.reparam.
+    folds: tuple[tuple[str, str, tuple], ...] = ()
     rope: tuple[tuple[int, float], ...] = ()
     # Set by the kvplan pass: (kv_heads, head_dim) of every cache slot, in slot order.
     kv_layout: tuple[tuple[int, int], ...] = ()
+    # Set by the share pass: every module applied more than once, and every tied weight.
+    weight_groups: tuple[WeightGroup, ...] = ()
+    # The unroll pass splices static loops into straight-line code when this is set.
+    unroll: bool = False
 
     @property
     def model(self) -> BlockDef:
@@ -439,6 +467,9 @@ def format_program(program: Program) -> str:
     """The IR as text: what `archc compile --print-ir` shows and golden tests compare."""
     params = ", ".join(f"{p.name}={p.value!r}" for p in program.params.values())
     out = [f"program {program.name}({params})"]
+    if program.weight_groups:
+        out.append("weights")
+        out.extend(f"  {group}" for group in program.weight_groups)
     for block in program.classes.values():
         out.append("")
         out.append(format_block(block))
@@ -458,6 +489,21 @@ def map_graph(graph: Graph, fn) -> Graph:
     out.outputs = list(graph.outputs)
     out.names = dict(graph.names)
     return out
+
+
+def next_value_id(graph: Graph) -> int:
+    """One more than the highest `%N` value id in a graph and its region bodies: where a
+    pass that makes new values starts numbering them."""
+    high = 0
+    values = [v for v, _ in graph.inputs]
+    for node in walk(graph):
+        values.extend(node.outs)
+        if node.body is not None:
+            values.extend(v for v, _ in node.body.inputs)
+    for v in values:
+        if v.startswith("%") and v[1:].isdigit():
+            high = max(high, int(v[1:]))
+    return high + 1
 
 
 def with_attrs(node: Node, **updates: Any) -> Node:

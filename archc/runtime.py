@@ -14,6 +14,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _count_cpu_attention() -> None:
+    """torch.utils.flop_counter has no formula for the fused attention kernel used on CPU,
+    so FlopCounterMode reports attention as free there. Count it like the GPU kernels:
+    q k^T and the weighted sum of v, in full (a causal mask does not halve the count)."""
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+    for packet, backward in ((aten._scaled_dot_product_flash_attention_for_cpu, False),
+                             (aten._scaled_dot_product_flash_attention_for_cpu_backward, True)):
+        if packet in flop_counter.flop_registry:
+            continue
+
+        def formula(query, key, value, *args, out_shape=None, _backward=backward, **kwargs):
+            if _backward:  # (grad_out, query, key, value, ...)
+                query, key, value = key, value, args[0]
+            b, h, s_q, d_q = query
+            s_k, d_v = key[-2], value[-1]
+            flops = 2 * b * h * s_q * s_k * (d_q + d_v)
+            return 2 * flops if _backward else flops
+
+        flop_counter.register_flop_formula(packet, get_raw=False)(formula)
+
+
+try:
+    _count_cpu_attention()
+except (AttributeError, RuntimeError):  # an older torch without these ops: nothing to add
+    pass
+
+
 def split_heads(x: torch.Tensor, n: int) -> torch.Tensor:
     """[B, T, n*dh] -> [B, n, T, dh]"""
     b, t, d = x.shape
@@ -292,6 +321,14 @@ def kv_cache(cache: "KVCache | None", slot: int, k, v):
     return cache.update(slot, k, v)
 
 
+def no_incremental_decoding(cache: "KVCache | None", ops: str) -> None:
+    """Raise for a cached call of a model whose state across positions (here: `ops`) is not
+    kept in the KV cache: such a model decodes by running its whole prefix again."""
+    if cache is not None and cache.pos > 0:
+        raise NotImplementedError(f"incremental decoding is not supported for {ops}; "
+                                  "run the whole sequence without a cache")
+
+
 def cache_start(cache: "KVCache | None") -> int:
     return 0 if cache is None else cache.pos
 
@@ -450,7 +487,7 @@ class _InPlaceSoftmax:
         keep = torch.exp(m - m_new)
         p = torch.exp(logits - m_new)
         l.mul_(keep).add_(p)
-        o.mul_(keep).add_(p * v)
+        o.mul_(keep).add_(p @ v)  # an outer product; as a matmul it counts like the rest
         m.copy_(m_new)
 
     def output(self, t: int):
@@ -628,7 +665,7 @@ class HeadLoop(nn.Module):
         self.heads.copy_(top)
         self.chosen.fill_(True)
 
-    def forward(self, h, a, o, attn: nn.Module, rope=None):
+    def forward(self, h, a, o, attn: nn.Module, rope=None, cache=None, slot: int = 0):
         if not bool(self.chosen):
             self.choose(h, attn, rope)
         sel = self.heads
@@ -644,7 +681,8 @@ class HeadLoop(nn.Module):
         q, k, v = project(attn.q, rows), project(attn.k, kv_rows), project(attn.v, kv_rows)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        k, v = kv_cache(cache, slot, k, v)  # the looped heads' own keys when decoding
+        out = attend(q, k, v)
         change = merge_heads(out - o.index_select(1, sel))
         a = a + F.linear(change, attn.o.weight[:, rows])
         return a, o.index_copy(1, sel, out)
@@ -825,3 +863,113 @@ class GroupFusion(nn.Module):
         g = self.mix.shape[0]
         parts = y.unflatten(-1, (g, -1))
         return torch.einsum("gh,...hd->...gd", self.mix, parts).flatten(-2)
+
+
+# ----------------------------------------------------------------------------- reparameterizable
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the width with every token of the batch as a sample."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
+
+
+class RepBN(nn.Module):
+    """SLAB's RepBN(x) = BatchNorm(x) + alpha * x (alpha learnable, starts at 1)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(()))
+        self.bn = nn.BatchNorm1d(dim, eps=eps, momentum=momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x.reshape(-1, x.shape[-1])).view_as(x) + self.alpha * x
+
+
+class SigmaLinear(nn.Module):
+    """sigma-Reparam (Zhai et al.): W_hat = gamma / sigma(W) * W. sigma comes from one
+    power-iteration step per training forward on a persistent vector u (no step in eval);
+    gamma starts at sigma(W_init) so W_hat starts at W_init."""
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_out, d_in))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+        with torch.no_grad():
+            _, s, vh = torch.linalg.svd(self.weight, full_matrices=False)
+        self.register_buffer("u", vh[0].clone())
+        self.gamma = nn.Parameter(s[0].clone())
+
+    def sigma(self) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                v = F.normalize(self.weight @ self.u, dim=0)
+                self.u.copy_(F.normalize(self.weight.t() @ v, dim=0))
+        v = F.normalize(self.weight @ self.u, dim=0).detach()
+        return v @ self.weight @ self.u
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.gamma / self.sigma() * self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
+
+
+class _TopNColumns(torch.autograd.Function):
+    """Keep each column's n largest-magnitude entries; gradients pass straight through."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, n: int) -> torch.Tensor:
+        index = s.abs().topk(n, dim=0).indices
+        return torch.zeros_like(s).scatter(0, index, s.gather(0, index))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class DSLinear(nn.Module):
+    """DSFormer's factorised linear W = D S: D dense [out, rank]; S [rank, in] with `nnz`
+    non-zeros per column, the top-nnz projection of a dense shadow (straight-through)."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, nnz: int, bias: bool = False):
+        super().__init__()
+        self.nnz = nnz
+        self.dense = nn.Parameter(torch.empty(d_out, rank))
+        self.sparse = nn.Parameter(torch.empty(rank, d_in))
+        nn.init.normal_(self.dense, std=rank ** -0.5)
+        nn.init.normal_(self.sparse, std=(d_in * nnz / rank) ** -0.5)
+        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+
+    def sparse_factor(self) -> torch.Tensor:
+        return _TopNColumns.apply(self.sparse, self.nnz)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.sparse_factor()), self.dense, self.bias)
+
+
+class CausalDepthwiseConv(nn.Module):
+    """A depthwise 1-D convolution over positions that sees only the past, per head."""
+
+    def __init__(self, channels: int, kernel: int = 5):
+        super().__init__()
+        self.kernel = kernel
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        b, h, t, dh = v.shape
+        x = v.permute(0, 1, 3, 2).reshape(b * h, dh, t)
+        x = F.conv1d(F.pad(x, (self.kernel - 1, 0)), self.weight, self.bias, groups=dh)
+        return x.view(b, h, dh, t).permute(0, 1, 3, 2)
+
+
+def linear_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal linear attention: q_t (sum_{s<=t} k_s v_s^T) / (q_t . sum_{s<=t} k_s + 1e-6)."""
+    kv = torch.einsum("bhtd,bhte->bhtde", k, v).cumsum(2)
+    num = torch.einsum("bhtd,bhtde->bhte", q, kv)
+    den = (q * k.cumsum(2)).sum(-1, keepdim=True) + 1e-6
+    return num / den

@@ -65,6 +65,29 @@ def ramp(step: Tree, start: Any, end: Any) -> Tree:
     return call("min", call("max", frac, num(0.0)), num(1.0))
 
 
+def training(train: Any, infer: Any) -> Tree:
+    """`train` while the module trains, `infer` in eval: an explicit inference form."""
+    return ("train", lift(train), lift(infer))
+
+
+def resolve_training(tree: Tree, is_training: bool) -> Tree:
+    """The tree with every training(a, b) replaced by a (training) or b (inference)."""
+    if tree[0] == "train":
+        return resolve_training(tree[1] if is_training else tree[2], is_training)
+    return tuple(resolve_training(p, is_training) if isinstance(p, tuple) else p for p in tree)
+
+
+def constant(tree: Tree) -> float | None:
+    """The tree's value if it reads nothing known only at run time."""
+    if free(tree, "var") or free(tree, "param") or free(tree, "attr") or _has(tree, "train"):
+        return None
+    return evaluate(tree, {})
+
+
+def _has(tree: Tree, kind: str) -> bool:
+    return tree[0] == kind or any(isinstance(p, tuple) and _has(p, kind) for p in tree[1:])
+
+
 def free(tree: Tree, kind: str) -> set[str]:
     """Names of the given kind ("var", "param", "attr") a tree reads."""
     if tree[0] == kind:
@@ -92,6 +115,8 @@ def code(tree: Tree, names: dict[str, str] | None = None) -> str:
         return f"({code(tree[2], names)} {tree[1]} {code(tree[3], names)})"
     if kind == "call":
         return f"{tree[1]}({', '.join(code(a, names) for a in tree[2:])})"
+    if kind == "train":
+        return f"({code(tree[1], names)} if self.training else {code(tree[2], names)})"
     raise AssertionError(tree)
 
 
@@ -127,4 +152,6 @@ def evaluate(tree: Tree, env: dict[str, Any]) -> float | int:
     if kind == "call":
         args = [evaluate(a, env) for a in tree[2:]]
         return {"min": min, "max": max, "float": float, "int": int}[tree[1]](*args)
+    if kind == "train":
+        return evaluate(tree[1] if env.get("training", True) else tree[2], env)
     raise AssertionError(tree)

@@ -16,7 +16,8 @@ from .ir import BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack, broadcas
 _BINARY = {"add", "sub", "mul"}
 _LEAF_OPS = {"linear", "lora", "embed", "rmsnorm", "layernorm", "layerscale", "scalar", "bias",
              "hyper", "delta", "head_loop", "partition_norm", "rotate",
-             "moe", "width_route", "group_fuse"}
+             "moe", "width_route", "group_fuse", "batchnorm", "repbn", "sigma_linear",
+             "ds_linear", "dwconv"}
 
 
 def verify(program: Program, after: str = "elaboration") -> Program:

@@ -46,6 +46,7 @@ from ..ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program
                   param_env, resolve, trip_count, walk)
 from ..ops.prims import PRIMS, FlopInput, per_token
 from ..passes import kvplan
+from .params import applied_numel
 from .scan import plan_scan
 
 FLOAT_BYTES = 4  # activations, caches and parameters are float32
@@ -83,7 +84,8 @@ def kv_bytes(node: Node) -> int:
     """
     if not kvplan._owns_slot(node):
         return 0
-    return 2 * FLOAT_BYTES * per_token(node.types[0])
+    heads, head_dim = kvplan.slot_layout(node)
+    return 2 * FLOAT_BYTES * heads * head_dim
 
 
 def saved_extra(node: Node, ins: tuple, module) -> int:
@@ -319,7 +321,8 @@ class _Walker:
             return self.block(node.attr("cls"), self.instance_attrs(block, node, index))
         t = _Tally()
         module = resolve(block, node.ref, self.classes) if node.ref is not None else None
-        t.applied = self.numel(module)
+        t.applied = self.numel(module) if node.op != "head_loop" else \
+            applied_numel(node, module, self.classes)
         ins = tuple(graph.types[i] for i in node.inputs)
         prim = PRIMS.get(node.op)
         if prim is None or prim.flops is None:

@@ -35,6 +35,15 @@ def module_numel(module: Module | None, classes: dict[str, BlockDef]) -> int:
     raise AssertionError(module)
 
 
+def applied_numel(node, module, classes) -> int:
+    """Parameters one application of a node reads: its module's, except that a head loop
+    reads its looped heads' slices of the attention's W_q, W_k, W_v and W_o."""
+    if node.op == "head_loop":
+        d, dh = node.types[0].shape[-1], node.types[1].shape[-1]
+        return 4 * node.attr("heads") * dh * d
+    return module_numel(module, classes)
+
+
 def _applied(block: BlockDef, graph: Graph, classes, env: dict, mult: int,
              out: dict[str, int]) -> None:
     for node in graph.nodes:
@@ -57,7 +66,7 @@ def _applied(block: BlockDef, graph: Graph, classes, env: dict, mult: int,
             out[top] += sum(inner.values())
         else:
             module = resolve(block, node.ref, classes, env)
-            out[top] += mult * module_numel(module, classes)
+            out[top] += mult * applied_numel(node, module, classes)
 
 
 def count_params(program: Program, runtime: dict[str, int] | None = None) -> ParamCount:

@@ -71,6 +71,7 @@ def embed(c, tokens, a: EmbedAttrs):
 class LinearAttrs(Attrs):
     out: int = Field(gt=0)
     bias: bool = False
+    sigma: bool = False
 
 
 @op("linear", LinearAttrs, "y = x W^T (+ b)", stateful=True)
@@ -136,6 +137,7 @@ class AttentionAttrs(Attrs):
     kv_p: float | None = Field(default=None, ge=0, le=1)
     kv_infer: Literal["shared", "own"] = "shared"
     past: Literal["input", "output"] = "input"
+    sigma: bool = False
 
 
 @op("attention", AttentionAttrs,
@@ -295,6 +297,7 @@ def _value_edges(c, q, k, v, kv_type: TensorType):
 
 class SwigluAttrs(Attrs):
     hidden: int = Field(gt=0)
+    sigma: bool = False
 
 
 @op("swiglu", SwigluAttrs, "down(silu(gate(x)) * up(x))", stateful=True)
@@ -312,6 +315,7 @@ class MlpAttrs(Attrs):
     act: Literal["gelu", "relu", "silu"] = "gelu"
     bias: bool = False
     out: int | None = Field(default=None, gt=0)
+    sigma: bool = False
 
 
 @op("mlp", MlpAttrs, "down(act(up(x))), act gelu by default", stateful=True)
@@ -656,6 +660,108 @@ def group_fuse(c, x, a: FuseAttrs):
     return c.emit("group_fuse", [x], x.type, ref=ref, hint="m")
 
 
+class BatchNormAttrs(Attrs):
+    eps: float = Field(default=1e-5, gt=0)
+    momentum: float = Field(default=0.1, gt=0, le=1)
+
+
+@op("batchnorm", BatchNormAttrs,
+    "BatchNorm over the width, all tokens of the batch as its batch (running statistics in "
+    "eval): a per-channel affine at inference, which reparam folds into the next linear",
+    stateful=True)
+def batchnorm(c, x, a: BatchNormAttrs):
+    d = x.type.width
+    ref = c.leaf(None, "batchnorm", {"dim": d, "eps": a.eps, "momentum": a.momentum},
+                 [Weight(name="weight", shape=(d,), init=("const", 1.0)),
+                  Weight(name="bias", shape=(d,), init=("const", 0.0))])
+    return c.emit("batchnorm", [x], x.type, ref=ref, hint="h")
+
+
+@op("repbn", BatchNormAttrs,
+    "SLAB's RepBN: BatchNorm(x) + alpha * x, alpha learnable (starts at 1)", stateful=True)
+def repbn(c, x, a: BatchNormAttrs):
+    d = x.type.width
+    ref = c.leaf(None, "repbn", {"dim": d, "eps": a.eps, "momentum": a.momentum},
+                 [Weight(name="alpha", shape=(), init=("const", 1.0)),
+                  Weight(name="bn.weight", shape=(d,), init=("const", 1.0)),
+                  Weight(name="bn.bias", shape=(d,), init=("const", 0.0))])
+    return c.emit("repbn", [x], x.type, ref=ref, hint="h")
+
+
+class SigmaAttrs(Attrs):
+    out: int = Field(gt=0)
+    bias: bool = False
+
+
+@op("sigma_linear", SigmaAttrs,
+    "sigma-Reparam linear: W_hat = (gamma / sigma(W)) W, sigma the spectral norm from one "
+    "power-iteration step per training forward (u kept as state), gamma learnable and "
+    "starting at sigma(W), so W_hat starts at W; reparam bakes W_hat into a plain linear",
+    stateful=True)
+def sigma_linear(c, x, a: SigmaAttrs):
+    d = x.type.width
+    weights = [Weight(name="weight", shape=(a.out, d)), Weight(name="gamma", shape=())]
+    if a.bias:
+        weights.append(Weight(name="bias", shape=(a.out,)))
+    ref = c.leaf(None, "sigma_linear", {"in": d, "out": a.out, "bias": a.bias}, weights)
+    return c.emit("sigma_linear", [x], act(a.out), ref=ref, hint="y")
+
+
+class DsAttrs(Attrs):
+    out: int = Field(gt=0)
+    rank: int = Field(gt=0)
+    nnz: int = Field(gt=0)
+    bias: bool = False
+
+
+@op("ds_linear", DsAttrs,
+    "DSFormer's linear: W = D S with D dense [out, rank] and S semi-structured sparse "
+    "[rank, in] (each input column keeps its `nnz` largest-magnitude entries; a dense "
+    "shadow is trained through a straight-through estimator); reparam multiplies it out",
+    stateful=True)
+def ds_linear(c, x, a: DsAttrs):
+    d = x.type.width
+    if a.nnz > a.rank:
+        c.fail(f"nnz={a.nnz} is more than rank={a.rank}", "keep nnz <= rank", at="nnz")
+    weights = [Weight(name="dense", shape=(a.out, a.rank)),
+               Weight(name="sparse", shape=(a.rank, d))]
+    if a.bias:
+        weights.append(Weight(name="bias", shape=(a.out,)))
+    ref = c.leaf(None, "ds_linear", {"in": d, "out": a.out, "rank": a.rank, "nnz": a.nnz,
+                                     "bias": a.bias}, weights)
+    return c.emit("ds_linear", [x], act(a.out), ref=ref, hint="y")
+
+
+class SlaAttrs(Attrs):
+    heads: int = Field(gt=0)
+    kernel: int = Field(default=5, gt=0)
+
+
+@op("linear_attention", SlaAttrs,
+    "SLAB's simplified linear attention, causal: Q = relu(x Wq), K = relu(x Wk), V = x Wv; "
+    "per head O_t = q_t (sum_{s<=t} k_s v_s^T) / (q_t . sum_{s<=t} k_s + 1e-6) plus a causal "
+    "depthwise conv of V over positions (width `kernel`); out = O Wo", stateful=True)
+def linear_attention(c, x, a: SlaAttrs):
+    d = x.type.width
+    if d % a.heads:
+        c.fail(f"{a.heads} heads do not divide width {d}", "pick a divisor", at="heads")
+    dh = d // a.heads
+    heads = TensorType(shape=("B", a.heads, "T", dh))
+    q = c.emit("relu", [c.linear(x, "q", d, False, hint="q")], act(d), hint="q")
+    k = c.emit("relu", [c.linear(x, "k", d, False, hint="k")], act(d), hint="k")
+    v = c.linear(x, "v", d, False, hint="v")
+    q = c.emit("heads", [q], heads, {"n": a.heads}, hint="q")
+    k = c.emit("heads", [k], heads, {"n": a.heads}, hint="k")
+    v = c.emit("heads", [v], heads, {"n": a.heads}, hint="v")
+    conv = c.leaf("conv", "dwconv", {"channels": dh, "kernel": a.kernel},
+                  [Weight(name="weight", shape=(dh, 1, a.kernel)),
+                   Weight(name="bias", shape=(dh,))])
+    o = c.emit("linear_attend", [q, k, v], heads, hint="o")
+    o = c.binary("add", o, c.emit("dwconv", [v], heads, ref=conv, hint="o"))
+    o = c.emit("merge_heads", [o], act(d), hint="a")
+    return c.linear(o, "o", d, False, hint="a")
+
+
 # --------------------------------------------------------------------------- stateless
 
 class ScaleAttrs(Attrs):
@@ -672,6 +778,16 @@ def scale(c, x, a: ScaleAttrs):
 @op("add", NoAttrs, "elementwise sum", inputs=2)
 def add(c, x, y, a):
     return c.binary("add", x, y)
+
+
+@op("sum", NoAttrs, "elementwise sum of one or more tensors, e.g. sum(branches[0..n].y)",
+    inputs=None)
+def sum_(c, *xs):
+    *xs, _ = xs
+    total = xs[0]
+    for x in xs[1:]:
+        total = c.binary("add", total, x)
+    return total
 
 
 @op("mul", NoAttrs, "elementwise product", inputs=2)

@@ -162,8 +162,8 @@ def _delta_flops(f: FlopInput) -> Flops:
 
 
 def _head_loop(a, attrs, mod):
-    rope = f", {attrs['table']}" if attrs.get("table") else ""
-    return f"{mod}({a[0]}, {a[1]}, {a[2]}, {attrs['attn']}{rope})"
+    rope = attrs.get("table") or "None"
+    return f"{mod}({a[0]}, {a[1]}, {a[2]}, {attrs['attn']}, {rope}, cache, {attrs['slot']})"
 
 
 def _head_loop_flops(f: FlopInput) -> Flops:
@@ -196,6 +196,25 @@ def _fuse_flops(f: FlopInput) -> Flops:
     d = f.ins[0].shape[-1]
     g = dict(f.module.args)["groups"]
     return Flops(2 * d * g, 0)
+
+
+def _ds_flops(f: FlopInput) -> Flops:
+    """x S then D: the factorised product as computed in training (S held dense)."""
+    a = dict(f.module.args)
+    return Flops(2 * a["in"] * a["rank"] + 2 * a["rank"] * a["out"], a["out"])
+
+
+def _dwconv_flops(f: FlopInput) -> Flops:
+    """A depthwise convolution counts as torch counts convolutions: 2 k per output."""
+    k = dict(f.module.args)["kernel"]
+    return Flops(2 * k * per_token(f.outs[0]), 0)
+
+
+def _linear_attend_flops(f: FlopInput) -> Flops:
+    """Per head: q against the running sum of k v^T (a batched matmul), the outer product
+    k v^T and the running sums themselves (elementwise)."""
+    heads, dh = f.ins[0].shape[1], f.ins[0].shape[-1]
+    return Flops(2 * heads * dh * dh, heads * (3 * dh * dh + 4 * dh))
 
 
 def _select_kv(a, attrs, mod):
@@ -249,6 +268,13 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
          "self.training)", elementwise=True, flops=per_element(1)),
     Prim("width_route", _call, calls_module=True, flops=_route_flops),
     Prim("group_fuse", _call, calls_module=True, flops=_fuse_flops),
+    Prim("batchnorm", _call, calls_module=True, flops=per_element(4)),
+    Prim("repbn", _call, calls_module=True, flops=per_element(5)),
+    Prim("sigma_linear", _call, calls_module=True, flops=_linear_flops),
+    Prim("ds_linear", _call, calls_module=True, flops=_ds_flops),
+    Prim("dwconv", _call, calls_module=True, flops=_dwconv_flops),
+    Prim("linear_attend", lambda a, attrs, mod: f"rt.linear_attend({a[0]}, {a[1]}, {a[2]})",
+         flops=_linear_attend_flops),
     Prim("topk", lambda a, attrs, mod: f"rt.topk_keep({a[0]}, {attrs['k']})",
          flops=per_element(2)),
     Prim("partition_norm", _call, calls_module=True, flops=per_element(4)),

@@ -55,7 +55,15 @@ def run_pipeline(program: Program, print_after: set[str] | None = None,
     return program
 
 
-# Registration order is pipeline order.
+# Registration order is pipeline order: opt-in rewrites, then unroll (so canonicalize sees
+# the literal indices it exposes), cleanup, roll on the cleaned graph, the weight table
+# once refs and weights are final, fusion marks, and the kv plan last (it numbers slots).
 from . import widen  # noqa: E402,F401
+from . import unroll  # noqa: E402,F401
+from . import canonicalize  # noqa: E402,F401
 from . import dce  # noqa: E402,F401
+from . import reparam  # noqa: E402,F401
+from . import roll  # noqa: E402,F401
+from . import share  # noqa: E402,F401
+from . import fuse  # noqa: E402,F401
 from . import kvplan  # noqa: E402,F401

@@ -18,8 +18,18 @@ Slot = tuple[int, tuple[tuple[str, int], ...]]  # offset, ((loop var, stride), .
 
 
 def _owns_slot(node: Node) -> bool:
-    """kv_cache nodes, and attentions that fill their own cache from their block's output."""
-    return node.op == "kv_cache" or (node.op == "attend" and node.attr("past") == "output")
+    """kv_cache nodes, attentions that fill their own cache from their block's output, and
+    head loops (their heads' keys on the loop's input)."""
+    return node.op in ("kv_cache", "head_loop") or \
+        (node.op == "attend" and node.attr("past") == "output")
+
+
+def slot_layout(node: Node) -> tuple[int, int]:
+    """(heads, head_dim) of the keys and values a slot-owning node keeps."""
+    if node.op == "head_loop":
+        return node.attr("heads"), node.types[1].shape[3]
+    k = node.types[0]
+    return k.shape[1], k.shape[3]
 
 
 def _count(graph: Graph, counts: dict[str, int]) -> int:
@@ -61,8 +71,7 @@ def _layout(graph: Graph, program: Program) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for node in graph.nodes:
         if _owns_slot(node):
-            k = node.types[0]
-            out.append((k.shape[1], k.shape[3]))
+            out.append(slot_layout(node))
         elif node.op == "call":
             callee = program.classes[node.attr("cls")]
             out += _layout(callee.graph, program)

@@ -384,10 +384,6 @@ def test_info_reports_the_extra_flops_of_a_step(capsys):
         assert extra == grown * 1 * per_head_flops(64, 4, seq), out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "archc.analysis.params counts the head_loop node as its HeadLoop leaf (0 parameters), "
-    "so the looped heads' slices of W_q/W_k/W_v/W_o that each loop applies again are not in "
-    "the applied count; only the re-applied `norm` (d per grown layer) is"))
 def test_applied_params_count_looped_head_slices():
     cfg = dict(d=64, depth=4, heads=4, loop_heads=1, loops=1, start=100, every=100)
     dh = cfg["d"] // cfg["heads"]
@@ -501,10 +497,6 @@ def test_gradients_match_reference_after_growth():
 
 # ---------------------------------------------------------------------------- decoding
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HeadLoop ignores the KV cache: after a layer's onset its looped heads attend only to "
-    "the current chunk (scaled_dot_product_attention with is_causal=True on the chunk's own "
-    "q/k/v) and keep no keys/values of their own, so cached decoding differs from prefill"))
 def test_decode_matches_prefill_after_growth():
     cfg = dict(d=16, depth=1, heads=2, hidden=16, loop_heads=1, loops=1, start=0, every=0)
     m, _ = build_pair(cfg)

@@ -87,7 +87,8 @@ class _Context:
                 found.add("cache")
         runtime = [p for p in self.program.params if p in found]
         ropes = sorted(n for n in found if n in self.tables)
-        cache = ["cache", "slot"] if self.slots(cls) or "cache" in found else []
+        cache = ["cache", "slot"] if self.slots(cls) or "cache" in found or \
+            cls == self.program.root else []
         self._needs[cls] = ropes + runtime + cache
         return self._needs[cls]
 
@@ -149,10 +150,12 @@ def _leaf_expr(leaf: Leaf) -> str:
         return f"nn.Linear({a['in']}, {a['out']}, bias={a['bias']})"
     if op == "embed":
         return f"nn.Embedding({a['vocab']}, {a['dim']})"
+    affine = "" if a.get("affine", True) else ", elementwise_affine=False"
     if op == "rmsnorm":
-        return f"nn.RMSNorm({a['dim']}, eps={a['eps']!r})"
+        return f"nn.RMSNorm({a['dim']}, eps={a['eps']!r}{affine})"
     if op == "layernorm":
-        return f"nn.LayerNorm({a['dim']}, eps={a['eps']!r}, bias={a['bias']})"
+        bias = f", bias={a['bias']}" if a.get("affine", True) else ""
+        return f"nn.LayerNorm({a['dim']}, eps={a['eps']!r}{bias}{affine})"
     if op == "lora":
         return f"rt.LoRA({a['in']}, {a['out']}, rank={a['rank']}, scale={a['scale']!r})"
     if op == "layerscale":
@@ -164,6 +167,17 @@ def _leaf_expr(leaf: Leaf) -> str:
     if op == "hyper":
         return (f"rt.HyperConnection({a['n']}, {a['dim']}, alpha={a['alpha']!r}, "
                 f"iters={a['iters']})")
+    if op == "batchnorm":
+        return f"rt.TokenBatchNorm({a['dim']}, eps={a['eps']!r}, momentum={a['momentum']!r})"
+    if op == "repbn":
+        return f"rt.RepBN({a['dim']}, eps={a['eps']!r}, momentum={a['momentum']!r})"
+    if op == "sigma_linear":
+        return f"rt.SigmaLinear({a['in']}, {a['out']}, bias={a['bias']})"
+    if op == "ds_linear":
+        return (f"rt.DSLinear({a['in']}, {a['out']}, rank={a['rank']}, nnz={a['nnz']}, "
+                f"bias={a['bias']})")
+    if op == "dwconv":
+        return f"rt.CausalDepthwiseConv({a['channels']}, kernel={a['kernel']})"
     if op == "moe":
         return (f"rt.MoE({a['dim']}, experts={a['experts']}, hidden={a['hidden']}, k={a['k']}, "
                 f"capacity={a['capacity']!r}, eval_capacity={a['eval_capacity']!r}, "
@@ -436,6 +450,10 @@ class _Forward:
 
     def _prologue(self, tokens: str, ind: str) -> list[str]:
         lines = []
+        stateless = sorted({n.op for b in self.cls.program.classes.values()
+                            for n in _walk(b.graph) if n.op in _NO_CACHE})
+        if stateless:
+            lines.append(f'{ind}rt.no_incremental_decoding(cache, "{", ".join(stateless)}")')
         if _uses_op(self.cls.program, "moe"):
             lines.append(f"{ind}rt.clear_aux(self)  # load-balance losses of this forward")
         if "step" in self.ctx_args:
@@ -529,7 +547,7 @@ class _Forward:
         attrs = dict(node.attrs)
         if node.op == "rope":
             attrs["table"] = self.ctx.rope_names[attrs["table"]]
-        if node.op == "kv_cache":
+        if node.op in ("kv_cache", "head_loop"):
             attrs["slot"] = self._slot(node)
         if node.op == "head_loop":
             attrs["attn"] = self._ref(attrs["attn"])
@@ -617,6 +635,10 @@ class _Forward:
                     return f"for {var}, {item} in enumerate(self.{label}):"
                 return f"for {item} in self.{label}:"
         return f"for {var} in range({count}):"
+
+
+# Ops whose state across positions is not in the KV cache yet: no incremental decoding.
+_NO_CACHE = {"linear_attend", "dwconv"}
 
 
 def _uses_op(program: Program, op: str) -> bool:

@@ -1,0 +1,315 @@
+"""roll: consecutive identical applications of shared weights become one loop region.
+
+A spec that writes `x = core(x)` three times, `core` being one `let` instance, means a
+recurrence: the same weights applied three times in a row. This pass finds such runs and
+writes them as one static `loop` region of count 3, the form elaboration gives
+`loop 3 { x = core(x) }`. It is the inverse of `unroll` on loops that share their
+weights: roll(unroll(p)) == p, up to the loop's variable and label names (which it picks
+fresh: `i`, `loop`, as elaboration does by default). The generated code is a loop instead
+of n copies of the same lines.
+
+What counts as a run: a window of L >= 1 nodes repeated n >= 2 times back to back, each
+repetition with the same ops, attributes, module refs (so the same weights: a per-iteration
+ref such as `layers[0]`, `layers[1]` never matches) and types, wired the same way: each
+input of repetition m + 1 is its own value, the same outer value as in repetition m (a
+capture), or a value repetition m made (carried state, of unchanged type). Each
+repetition applies at least one module. Of the longest runs the shortest window wins.
+
+Invariant: the loop computes the same values in the same order (the same ops, the same
+draws of randomness, the same KV-cache slots in the same order). Values bound inside the
+run must not be used elsewhere: only the last repetition's carried values leave it, as
+the loop's outputs, under the ids they had. Nothing is rolled when `Program.unroll` asks
+for straight-line code, nor in a block whose attention reads its own past output (that
+block runs as a scan that a loop would break).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ir import BlockDef, Count, Graph, Node, Program, next_value_id, walk
+from . import register
+
+
+def _shape(graph: Graph) -> Any:
+    """A region body up to the names of its values (for comparing two nodes)."""
+    ids: dict[str, int] = {}
+    for vid, _t in graph.inputs:
+        ids[vid] = len(ids)
+    items = []
+    for node in graph.nodes:
+        ins = tuple(ids.get(v, v) for v in node.inputs)
+        for o in node.outs:
+            ids[o] = len(ids)
+        items.append(_signature(node) + (ins,))
+    return (tuple(t for _, t in graph.inputs), tuple(items),
+            tuple(ids.get(o, o) for o in graph.outputs))
+
+
+def _signature(node: Node) -> tuple:
+    body = _shape(node.body) if node.body is not None else None
+    return (node.op, node.attrs, node.ref, node.types, node.hint, len(node.outs), body)
+
+
+@dataclass
+class _Wiring:
+    """Where each input of a repetition comes from, by (node, slot) in the window: a value
+    of the same repetition, an outer value (a capture), or the previous repetition's
+    (node, output) (carried state; the first repetition reads the loop's init there)."""
+
+    internal: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    captured: dict[tuple[int, int], str] = field(default_factory=dict)
+    carried: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    inits: dict[tuple[int, int], str] = field(default_factory=dict)  # (node, out) -> init
+    captures: dict[str, None] = field(default_factory=dict)  # outer values, in order
+
+
+class _Roller:
+    def __init__(self, block: BlockDef, program: Program):
+        self.next_id = next_value_id(block.graph)
+        taken = {name for name, _ in block.modules}
+        taken |= {n.attr("label") for n in walk(block.graph) if n.op == "loop"}
+        self.labels = taken
+        self.reserved = set(program.params) | {block.iteration or ""}
+        for node in walk(block.graph):
+            self.reserved |= set(node.body.names.values()) if node.body is not None else set()
+        self.reserved |= set(block.graph.names.values())
+
+    def fresh(self) -> str:
+        self.next_id += 1
+        return f"%{self.next_id - 1}"
+
+    def label(self) -> str:
+        name, n = "loop", 0
+        while name in self.labels:
+            n += 1
+            name = f"loop_{n}"
+        self.labels.add(name)
+        return name
+
+    # ------------------------------------------------------------------------- graphs
+
+    def graph(self, graph: Graph, loop_vars: tuple[str, ...], loops_after: bool) -> Graph:
+        """Roll the runs of a graph (bodies first). `loops_after`: a loop region may run
+        after this graph's code (see `_leaks`)."""
+        nodes = []
+        for k, node in enumerate(graph.nodes):
+            if node.body is not None:
+                later = loops_after or any(n.op == "loop" or n.ref is not None
+                                           for n in graph.nodes[k + 1:])
+                inner = loop_vars + (node.attr("var"),)
+                node = node.model_copy(update={"body": self.graph(node.body, inner, later)})
+            nodes.append(node)
+        users = _users(nodes, graph.outputs)
+        runs = []  # (start, length, count, wiring), left to right, not overlapping
+        i = 0
+        while i < len(nodes):
+            found = self.best_run(nodes, i, users, graph.types)
+            if found is None:
+                i += 1
+                continue
+            runs.append((i,) + found)
+            i += found[0] * found[1]
+        kept = []
+        loop_later = loops_after
+        for run in reversed(runs):
+            start, length, count, wiring = run
+            end = start + length * count
+            loop_later = loop_later or any(n.op == "loop" for n in nodes[end:])
+            if loop_later and _leaks(nodes[start:start + length], wiring):
+                continue
+            kept.append(run)
+            loop_later = True
+        out = Graph(graph.inputs)
+        out.names = dict(graph.names)
+        i = 0
+        for start, length, count, wiring in reversed(kept):
+            for node in nodes[i:start]:
+                out.add(node)
+            window = nodes[start:start + length]
+            last = nodes[start + length * (count - 1):start + length * count]
+            out.add(self.loop(window, last, count, wiring, graph, loop_vars))
+            i = start + length * count
+        for node in nodes[i:]:
+            out.add(node)
+        out.outputs = list(graph.outputs)
+        return out
+
+    def best_run(self, nodes: list[Node], i: int, users: dict[str, set],
+                 types: dict) -> tuple | None:
+        best = None
+        head = _signature(nodes[i])
+        for length in range(1, (len(nodes) - i) // 2 + 1):
+            if _signature(nodes[i + length]) != head:
+                continue
+            window = nodes[i:i + length]
+            if not any(n.ref is not None for n in window):
+                continue
+            wiring = _wiring(window, nodes[i + length:i + 2 * length], types)
+            if wiring is None:
+                continue
+            count = 2
+            while i + length * (count + 1) <= len(nodes) and _follows(
+                    wiring, nodes[i + length * (count - 1):i + length * count],
+                    nodes[i + length * count:i + length * (count + 1)]):
+                count += 1
+            while count >= 2 and not _contained(nodes, i, length, count, wiring, users):
+                count -= 1
+            if count >= 2 and (best is None or length * count > best[0] * best[1]):
+                best = (length, count, wiring)
+        return best
+
+    def loop(self, window: list[Node], last: list[Node], count: int, wiring: _Wiring,
+             graph: Graph, loop_vars: tuple[str, ...]) -> Node:
+        states = list(wiring.inits)  # (node, out) of each carried value, in order
+        inits = [wiring.inits[pos] for pos in states]
+        captures = list(wiring.captures)
+        state_ids = {pos: self.fresh() for pos in states}
+        capture_ids = {v: self.fresh() for v in captures}
+        body = Graph([(state_ids[pos], graph.types[v]) for pos, v in zip(states, inits)] +
+                     [(capture_ids[v], graph.types[v]) for v in captures])
+        for p, node in enumerate(window):
+            inputs = []
+            for s, v in enumerate(node.inputs):
+                if (p, s) in wiring.carried:
+                    v = state_ids[wiring.carried[(p, s)]]
+                elif (p, s) in wiring.captured:
+                    v = capture_ids[v]
+                inputs.append(v)
+            body.add(node.model_copy(update={"inputs": tuple(inputs)}))
+        body.outputs = [window[q].outs[k] for q, k in states]
+        outs = tuple(last[q].outs[k] for q, k in states)
+        names = graph.names
+        body.names = {vid: names[v] for v, vid in capture_ids.items() if v in names}
+        body.names.update((state_ids[pos], names[v]) for pos, v in zip(states, inits)
+                          if v in names)
+        for node in window:
+            body.names.update((o, names[o]) for o in node.outs if o in names)
+        for (q, k), v in zip(states, inits):  # the state keeps its name through the body
+            if v in names:
+                body.names[window[q].outs[k]] = names[v]
+        hint = ",".join(names.get(v, names.get(o, "x")) for v, o in zip(inits, outs))
+        attrs = {"kind": "loop", "var": self.var(loop_vars), "count": Count(value=count),
+                 "label": self.label()}
+        return Node(op="loop", outs=outs, types=tuple(graph.types[v] for v in inits),
+                    inputs=tuple(inits + captures), attrs=tuple(sorted(attrs.items())),
+                    span=window[0].span, hint=hint, body=body)
+
+    def var(self, loop_vars: tuple[str, ...]) -> str:
+        for name in ("i", "j", "k", "n", "m"):
+            if name not in loop_vars and name not in self.reserved:
+                return name
+        n = 0
+        while f"i{n}" in loop_vars or f"i{n}" in self.reserved:
+            n += 1
+        return f"i{n}"
+
+
+def _users(nodes: list[Node], outputs: list[str]) -> dict[str, set]:
+    """value -> positions of the nodes reading it (-1: a graph output)."""
+    users: dict[str, set] = {}
+    for k, node in enumerate(nodes):
+        for v in node.inputs:
+            users.setdefault(v, set()).add(k)
+    for v in outputs:
+        users.setdefault(v, set()).add(-1)
+    return users
+
+
+def _wiring(first: list[Node], second: list[Node], types: dict) -> _Wiring | None:
+    """How `second` repeats `first`, or None if it does not."""
+    made = {o: (p, k) for p, node in enumerate(first) for k, o in enumerate(node.outs)}
+    made2 = {o: (p, k) for p, node in enumerate(second) for k, o in enumerate(node.outs)}
+    w = _Wiring()
+    for p, (a_node, b_node) in enumerate(zip(first, second)):
+        if _signature(a_node) != _signature(b_node):
+            return None
+        for s, (a, b) in enumerate(zip(a_node.inputs, b_node.inputs)):
+            if a in made:
+                if made2.get(b) != made[a]:
+                    return None
+                w.internal[(p, s)] = made[a]
+            elif b == a:
+                w.captured[(p, s)] = a
+                w.captures[a] = None
+            elif b in made:
+                pos = made[b]
+                if w.inits.setdefault(pos, a) != a:
+                    return None  # one state, two different initial values
+                w.carried[(p, s)] = pos
+            else:
+                return None
+    for (q, k), a in w.inits.items():
+        if first[q].types[k] != types[a]:
+            return None  # a loop keeps the type of what it carries
+    return w
+
+
+def _follows(w: _Wiring, prev: list[Node], nxt: list[Node]) -> bool:
+    """Does `nxt` repeat `prev` with the wiring the run started with?"""
+    for p, (a_node, b_node) in enumerate(zip(prev, nxt)):
+        if _signature(a_node) != _signature(b_node):
+            return False
+        for s, b in enumerate(b_node.inputs):
+            if (p, s) in w.internal:
+                q, k = w.internal[(p, s)]
+                want = nxt[q].outs[k]
+            elif (p, s) in w.captured:
+                want = w.captured[(p, s)]
+            else:
+                q, k = w.carried[(p, s)]
+                want = prev[q].outs[k]
+            if b != want:
+                return False
+    return True
+
+
+def _contained(nodes: list[Node], i: int, length: int, count: int, w: _Wiring,
+               users: dict[str, set]) -> bool:
+    """Are the run's values read only inside it (the last repetition's carried values
+    excepted)?"""
+    carried_out = set(w.inits)
+    for m in range(count):
+        start = i + length * m
+        for p in range(length):
+            for k, o in enumerate(nodes[start + p].outs):
+                carried = (p, k) in carried_out
+                if m == count - 1:
+                    if carried:
+                        continue  # the loop's outputs
+                    limit = start + length
+                else:  # carried state is read by the next repetition only
+                    limit = start + (2 * length if carried else length)
+                if any(r == -1 or r < start or r >= limit for r in users.get(o, ())):
+                    return False
+    return True
+
+
+def _leaks(window: list[Node], w: _Wiring) -> bool:
+    """Does a repetition bind values besides its carried state?
+
+    The torch backend releases dead locals with `del` by loop depth, so a local bound in
+    one loop's body and dead after it can be deleted inside a later loop at the same
+    depth, once per iteration of that loop (the second `del` fails). Elaborated loops can
+    hit this too; until the backend tracks which loop bound a local, a run whose body
+    would bind such locals is not rolled when a loop may follow it."""
+    return any((p, k) not in w.inits for p, node in enumerate(window)
+               for k in range(len(node.outs)))
+
+
+def _scans(block: BlockDef) -> bool:
+    return any(n.op == "attend" and n.attr("past") == "output" for n in block.graph.nodes)
+
+
+@register("roll", "consecutive identical applications of shared weights -> one loop region")
+def roll(program: Program) -> Program:
+    if program.unroll:
+        return program
+    classes = dict(program.classes)
+    for cls, block in program.classes.items():
+        if _scans(block):
+            continue
+        graph = _Roller(block, program).graph(block.graph, (), False)
+        classes[cls] = block.model_copy(update={"graph": graph})
+    return program.model_copy(update={"classes": classes})

@@ -1,0 +1,62 @@
+"""Helpers for pass tests: run one pass alone, compare IR text with a golden file, build
+a module from a given Program.
+
+Golden files live in tests/passes/golden/<pass>/<case>.txt and hold `format_program` of
+the IR after the pass. To (re)write them after an intended change, run
+
+    ARCHC_UPDATE_GOLDEN=1 .venv/bin/pytest tests/passes
+
+and review `git diff tests/passes/golden` before committing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import archc
+from archc.ir import Program, format_program
+from archc.passes import PIPELINE, run_pipeline
+from archc.verify import verify
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def run_pass(name: str, program: Program) -> Program:
+    """One registered pass on its own, followed by the verifier (as the pipeline does)."""
+    step = next(p for p in PIPELINE if p.name == name)
+    return verify(step.run(program), name)
+
+
+def check_golden(pass_name: str, case: str, program: Program) -> str:
+    text = format_program(program)
+    path = GOLDEN / pass_name / f"{case}.txt"
+    if os.environ.get("ARCHC_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return text
+    assert path.exists(), f"no golden file {path}; run with ARCHC_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"IR after {pass_name} differs from {path}"
+    return text
+
+
+def pipeline_without(program: Program, *skip: str) -> Program:
+    """The full pipeline with some passes left out."""
+    saved = list(PIPELINE)
+    PIPELINE[:] = [p for p in saved if p.name not in skip]
+    try:
+        return run_pipeline(program)
+    finally:
+        PIPELINE[:] = saved
+
+
+def build_program(spec: "archc.api.Spec", program: Program, mode: str = "train"):
+    """archc.build for a Program made here (e.g. a pipeline with a pass left out)."""
+    spec.compiled[(mode, ())] = program
+    return archc.build(spec, mode=mode)
+
+
+def source(program: Program) -> str:
+    from archc.codegen.torch import generate
+
+    return generate(program)
