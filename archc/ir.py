@@ -309,8 +309,8 @@ class WeightGroup(BaseModel):
     not index it per iteration (a `let` instance called again, a looped core). `tied`: a
     module whose weights another op reads as well (`lm_head(tied=emb)` reads the
     embedding as its output projection; a head loop reads its attention's projections).
-    `uses` has one entry per node that applies it: the op (a block call: the class) and
-    the value it makes, `x4` (or `x r`, `x <=64` for a run-time count) inside loops."""
+    `uses` has one entry per node that applies it: the op (a block call: the class), the
+    spec line it comes from, `x4` (or `x r`, `x <=64` for a run-time count) inside loops."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -2,7 +2,7 @@
 
 Each pass lives in its own file and registers here; the verifier runs after each one.
 `archc compile --print-after=NAME` prints the IR after a pass and `--time-passes` times
-them. Issue #5 adds canonicalize, dce, share, unroll/roll, reparam and fuse.
+them. The order is the import order at the bottom of this file.
 """
 
 from __future__ import annotations

@@ -135,7 +135,8 @@ class _Folder:
                 return [node.inputs[0]]
             src = self.single(node.inputs[0])
             if src is not None and src.op == "scale":
-                return self.fold(self.rescale(node, src.inputs, _times(_factor(src.attr("by")), by)))
+                by = _times(_factor(src.attr("by")), by)
+                return self.fold(self.rescale(node, src.inputs, by))
             if src is not None and src.op == "neg":
                 return self.fold(self.rescale(node, src.inputs, _negate(by)))
             if isinstance(node.attr("by"), tuple) and isinstance(by, float):

@@ -33,6 +33,7 @@ from ..ir import (BlockDef, Count, Graph, Group, Leaf, Node, Program, Ref,
                   WeightGroup, format_module, resolve)
 from . import register
 
+
 @dataclass(frozen=True)
 class _Loop:
     var: str
@@ -97,7 +98,7 @@ def _label(use: _Use, path: tuple) -> str:
     if use.path != path:  # a part of the group's module, e.g. an attention's q
         what += f"[{_show(use.path)}]"
     _n, times = _times(use.loops)
-    out = f"{what} {use.node.outs[0]}" if use.node.outs else what
+    out = f"{what} :{use.node.span.line}" if use.node.span is not None else what
     return f"{out} {times}" if times else out
 
 

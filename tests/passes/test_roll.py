@@ -176,3 +176,29 @@ def test_a_run_binding_temporaries_is_not_rolled_before_a_loop():
     assert [n.attr("kind") for n in loops(p)] == ["for"]
     m = archc.build(text)
     assert m(torch.randint(0, 16, (1, 3))).shape == (1, 3, 16)
+
+
+def test_a_rolled_attention_keeps_a_cache_slot_per_application():
+    text = """model m(d: int = 16)
+let emb = embed(vocab=16, dim=d)
+let attn = attention(heads=2)
+let n = rmsnorm()
+x = emb(tokens)
+x = x + attn(n(x))
+x = x + attn(n(x))
+x = x + attn(n(x))
+return lm_head(x, tied=emb)
+"""
+    p = archc.api.compile_program(archc.load(text))
+    assert [n.attr("count").value for n in loops(p)] == [3] and len(p.kv_layout) == 3
+    m = archc.build(text).eval()
+    flat = archc.load(text)
+    ref = build_program(flat, pipeline_without(flat.program, "roll")).eval()
+    ref.load_state_dict(m.state_dict())
+    t = torch.randint(0, 16, (1, 6))
+    caches = [m.new_cache(batch=1, max_len=8), ref.new_cache(batch=1, max_len=8)]
+    assert caches[0].nbytes == caches[1].nbytes
+    with torch.no_grad():
+        a = torch.cat([m(t[:, :4], cache=caches[0]), m(t[:, 4:], cache=caches[0])], 1)
+        b = torch.cat([ref(t[:, :4], cache=caches[1]), ref(t[:, 4:], cache=caches[1])], 1)
+    assert torch.equal(a, b)

@@ -52,10 +52,10 @@ def test_golden():
 def test_shared_tied_and_distinct():
     p = run_pass("share", archc.load(GROUPS).program)
     assert groups(p) == [
-        "shared Layer.n: rmsnorm(8) <- rmsnorm %2, rmsnorm %5",
-        "tied M.emb: embed(16x8) <- embed %2, tied_linear %15",
-        "shared M.core: Layer <- Layer %9 x r, Layer %14",
-        "shared M.gate: linear(8->8) <- linear %10 x r",
+        "shared Layer.n: rmsnorm(8) <- rmsnorm :4, rmsnorm :5",
+        "tied M.emb: embed(16x8) <- embed :11, tied_linear :19",
+        "shared M.core: Layer <- Layer :16 x r, Layer :18",
+        "shared M.gate: linear(8->8) <- linear :16 x r",
     ]  # layers[0] and layers[1] are distinct weights: no group
 
 
