@@ -330,9 +330,9 @@ class Elaborator:
         return program
 
     def _check_params(self, program: Program) -> None:
-        from .analysis.params import count_params
+        from .analysis.params import unique_params
 
-        total = count_params(program).unique
+        total = unique_params(program)
         if total > self.budget.max_params:
             fail(f"the model has {total:,} parameters, over the budget of "
                  f"{self.budget.max_params:,}", self.model.span,
@@ -1184,6 +1184,10 @@ class ClassBuilder:
         if not rollable or _mentions_depth(self.ast, label):
             self._for_inline(st, env, label, items)
             return
+        if len(items) > 1 and not _mentions_name(st.body, var) and \
+                self._assigns_only_tensors(st.body, env) and \
+                self._for_uniform(st, env, label, len(items)):
+            return  # every iteration elaborates to the same graph: done once
         inits = self._carried(st.body, env)
         current = dict(inits)
         iterations = []
@@ -1266,6 +1270,46 @@ class ClassBuilder:
                 span=st.span)
         else:
             del self.scope.modules[label]
+
+    def _assigns_only_tensors(self, body, env: Env) -> bool:
+        """No outer static is reassigned in the body (so iterations cannot differ)."""
+        for name in _assigned(body):
+            found = env.find(name)
+            if found is not None and not isinstance(found[0], TensorVal):
+                return False
+        return True
+
+    def _for_uniform(self, st: S.For, env: Env, label: str, n: int) -> bool:
+        """A `for` whose body never reads its variable: one elaboration, n iterations.
+        False (and nothing emitted) if the body changes a carried width: then the
+        iterations differ after all and are elaborated one by one."""
+        var = st.vars[0]
+        inits = self._carried(st.body, env)
+        body_env, gb = self._open_body(env, inits, label, var)
+        body_env.set(var, 0, st.span)
+        self.loops.append(LoopFrame(var, n, "for", var))
+        try:
+            _no_return(self.body(st.body, body_env), st)
+        finally:
+            self.loops.pop()
+        scope = self.scope
+        self._close_body(gb, body_env, list(inits), st)
+        graph = _rewrite_refs(gb.graph, scope)
+        types = [graph.types[o] for o in graph.outputs]
+        if types != [v.type for v in inits.values()]:
+            return False
+        for _ in range((n - 1) * len(graph)):  # the budget counts every iteration
+            self.el.count_node(st.span)
+        module = _collapse(scope, st.span)
+        if module is not None:
+            self.scope.modules[label] = Stack(items=(module,) * n, span=st.span)
+        else:
+            del self.scope.modules[label]
+        outs = self.emit("loop", [inits[k] for k in inits] + self._captured(gb), types,
+                         {"kind": "for", "var": var, "count": Count(value=n), "label": label},
+                         span=st.span, hint=",".join(inits), body=graph)
+        self._rebind(env, list(inits), outs)
+        return True
 
     def _finish_for(self, st, env, label, inits, iterations, rollable) -> None:
         var = st.vars[0]
@@ -1690,6 +1734,18 @@ def _assignment_span(stmts, name: str) -> Span | None:
         if found is not None:
             return found
     return None
+
+
+def _mentions_name(node: Any, name: str) -> bool:
+    """Does any expression under `node` read `name`?"""
+    if isinstance(node, S.Name):
+        return node.id == name
+    if isinstance(node, tuple):
+        return any(_mentions_name(x, name) for x in node)
+    if hasattr(node, "__dataclass_fields__"):
+        return any(_mentions_name(getattr(node, f), name)
+                   for f in node.__dataclass_fields__ if f != "span")
+    return False
 
 
 def _mentions_depth(node: Any, label: str) -> bool:

@@ -447,7 +447,34 @@ def format_graph(graph: Graph, indent: str = "  ") -> list[str]:
     return lines
 
 
+def _numbering(graph: Graph, ids: dict[str, str]) -> dict[str, str]:
+    """%1, %2, ... in order of definition (inputs, then each node's outputs, bodies inline),
+    so printed IR does not depend on how elaboration happened to number values."""
+    for v, _ in graph.inputs:
+        ids.setdefault(v, f"%{len(ids) + 1}")
+    for node in graph.nodes:
+        if node.body is not None:
+            _numbering(node.body, ids)
+        for o in node.outs:
+            ids.setdefault(o, f"%{len(ids) + 1}")
+    return ids
+
+
+def _renumber(graph: Graph, ids: dict[str, str]) -> Graph:
+    out = Graph([(ids.get(v, v), t) for v, t in graph.inputs])
+    for node in graph.nodes:
+        update = {"inputs": tuple(ids.get(v, v) for v in node.inputs),
+                  "outs": tuple(ids.get(v, v) for v in node.outs)}
+        if node.body is not None:
+            update["body"] = _renumber(node.body, ids)
+        out.add(node.model_copy(update=update))
+    out.outputs = [ids.get(v, v) for v in graph.outputs]
+    return out
+
+
 def format_block(block: BlockDef) -> str:
+    block = block.model_copy(update={"graph": _renumber(block.graph,
+                                                        _numbering(block.graph, {}))})
     head = f"class {block.cls}  # {block.name}"
     if block.span:
         head += f" ({block.span.file}:{block.span.line})"

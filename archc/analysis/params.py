@@ -35,6 +35,27 @@ def module_numel(module: Module | None, classes: dict[str, BlockDef]) -> int:
     raise AssertionError(module)
 
 
+def unique_params(program: Program) -> int:
+    """Each weight once: the model's module tree, each block class counted once per
+    instance but computed once."""
+    memo: dict[str, int] = {}
+
+    def numel(m: Module | None) -> int:
+        if m is None:
+            return 0
+        if isinstance(m, Leaf):
+            return m.numel
+        if isinstance(m, Group):
+            return sum(numel(c) for _, c in m.children)
+        if isinstance(m, Stack):
+            return sum(numel(c) for c in m.items)
+        if m.cls not in memo:
+            memo[m.cls] = sum(numel(c) for _, c in program.classes[m.cls].modules)
+        return memo[m.cls]
+
+    return sum(numel(m) for _, m in program.model.modules)
+
+
 def applied_numel(node, module, classes) -> int:
     """Parameters one application of a node reads: its module's, except that a head loop
     reads its looped heads' slices of the attention's W_q, W_k, W_v and W_o."""
