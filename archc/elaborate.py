@@ -1194,15 +1194,7 @@ class ClassBuilder:
         for k, item in enumerate(items):
             sym = var if rollable else None
             body_env, gb = self._open_body(env, current, label, sym if sym else k)
-            if len(st.vars) == 1:
-                body_env.set(var, item, st.span)
-            else:
-                if not isinstance(item, tuple) or len(item) != len(st.vars):
-                    fail(f"cannot unpack {_show(item)} into {len(st.vars)} names",
-                         st.iter.span, "each item needs one value per name, e.g. "
-                         "`for b, n in [(0, 3), (1, 5)]`", code="A031")
-                for name, v in zip(st.vars, item):
-                    body_env.set(name, v, st.span)
+            _bind_for_vars(body_env, st, item)
             self.loops.append(LoopFrame(var, len(items), "for", sym))
             try:
                 _no_return(self.body(st.body, body_env), st)
@@ -1231,15 +1223,7 @@ class ClassBuilder:
         modules = []
         for k, item in enumerate(items):
             body_env = Env(env, self.gb.level)
-            if len(st.vars) == 1:
-                body_env.set(var, item, st.span)
-            else:
-                if not isinstance(item, tuple) or len(item) != len(st.vars):
-                    fail(f"cannot unpack {_show(item)} into {len(st.vars)} names",
-                         st.iter.span, "each item needs one value per name, e.g. "
-                         "`for b, n in [(0, 3), (1, 5)]`", code="A031")
-                for name, v in zip(st.vars, item):
-                    body_env.set(name, v, st.span)
+            _bind_for_vars(body_env, st, item)
             self.scope_stack.append(self.scope)
             self.scope = ModuleScope(self.scope.ref(label, k))
             first = self.gb.graph.next_key
@@ -1734,6 +1718,19 @@ def _assignment_span(stmts, name: str) -> Span | None:
         if found is not None:
             return found
     return None
+
+
+def _bind_for_vars(env: Env, st: S.For, item: Any) -> None:
+    """`for i in ...` binds the item; `for b, n in [(0, 3), ...]` unpacks it."""
+    if len(st.vars) == 1:
+        env.set(st.vars[0], item, st.span)
+        return
+    if not isinstance(item, tuple) or len(item) != len(st.vars):
+        fail(f"cannot unpack {_show(item)} into {len(st.vars)} names", st.iter.span,
+             "each item needs one value per name, e.g. `for b, n in [(0, 3), (1, 5)]`",
+             code="A031")
+    for name, v in zip(st.vars, item):
+        env.set(name, v, st.span)
 
 
 def _mentions_name(node: Any, name: str) -> bool:

@@ -141,6 +141,33 @@ def _same(a: Module, b: Module) -> bool:
     return a.model_dump() == b.model_dump()
 
 
+# Runtime modules built from a leaf's args: class, positional args, keyword args.
+_MODULES = {
+    "lora": ("rt.LoRA", ("in", "out"), ("rank", "scale")),
+    "layerscale": ("rt.LayerScale", ("dim",), ("init",)),
+    "scalar": ("rt.Scalar", (), ("init",)),
+    "hyper": ("rt.HyperConnection", ("n", "dim"), ("alpha", "iters")),
+    "batchnorm": ("rt.TokenBatchNorm", ("dim",), ("eps", "momentum")),
+    "repbn": ("rt.RepBN", ("dim",), ("eps", "momentum")),
+    "sigma_linear": ("rt.SigmaLinear", ("in", "out"), ("bias",)),
+    "ds_linear": ("rt.DSLinear", ("in", "out"), ("rank", "nnz", "bias")),
+    "dwconv": ("rt.CausalDepthwiseConv", ("channels",), ("kernel",)),
+    "moe": ("rt.MoE", ("dim",), ("experts", "hidden", "k", "capacity", "eval_capacity",
+                                  "act", "noise")),
+    "width_route": ("rt.WidthRouter", ("dim",), ("groups", "shared", "k", "weighted",
+                                                 "scaling")),
+    "group_fuse": ("rt.GroupFusion", ("groups",), ()),
+    "partition_norm": ("rt.PartitionNorm", ("dim",), ("parts", "dc", "eps")),
+    "rotate": ("rt.PhaseRotation", ("dim",), ("parts", "dc")),
+    "head_loop": ("rt.HeadLoop", ("count",), ("heads", "kv_heads", "head_dim")),
+    "delta": ("rt.DeltaResidual", ("dim",), ("beta_init",)),
+}
+
+
+def _arg(value) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
 def _leaf_expr(leaf: Leaf) -> str:
     a = dict(leaf.args)
     op = leaf.op
@@ -156,46 +183,12 @@ def _leaf_expr(leaf: Leaf) -> str:
     if op == "layernorm":
         bias = f", bias={a['bias']}" if a.get("affine", True) else ""
         return f"nn.LayerNorm({a['dim']}, eps={a['eps']!r}{bias}{affine})"
-    if op == "lora":
-        return f"rt.LoRA({a['in']}, {a['out']}, rank={a['rank']}, scale={a['scale']!r})"
-    if op == "layerscale":
-        return f"rt.LayerScale({a['dim']}, init={a['init']!r})"
-    if op == "scalar":
-        return f"rt.Scalar(init={a['init']!r})"
     if op == "bias":
         return f"rt.Bias({', '.join(str(s) for s in a['shape'])})"
-    if op == "hyper":
-        return (f"rt.HyperConnection({a['n']}, {a['dim']}, alpha={a['alpha']!r}, "
-                f"iters={a['iters']})")
-    if op == "batchnorm":
-        return f"rt.TokenBatchNorm({a['dim']}, eps={a['eps']!r}, momentum={a['momentum']!r})"
-    if op == "repbn":
-        return f"rt.RepBN({a['dim']}, eps={a['eps']!r}, momentum={a['momentum']!r})"
-    if op == "sigma_linear":
-        return f"rt.SigmaLinear({a['in']}, {a['out']}, bias={a['bias']})"
-    if op == "ds_linear":
-        return (f"rt.DSLinear({a['in']}, {a['out']}, rank={a['rank']}, nnz={a['nnz']}, "
-                f"bias={a['bias']})")
-    if op == "dwconv":
-        return f"rt.CausalDepthwiseConv({a['channels']}, kernel={a['kernel']})"
-    if op == "moe":
-        return (f"rt.MoE({a['dim']}, experts={a['experts']}, hidden={a['hidden']}, k={a['k']}, "
-                f"capacity={a['capacity']!r}, eval_capacity={a['eval_capacity']!r}, "
-                f"act=\"{a['act']}\", noise={a['noise']!r})")
-    if op == "width_route":
-        return (f"rt.WidthRouter({a['dim']}, groups={a['groups']}, shared={a['shared']}, "
-                f"k={a['k']}, weighted={a['weighted']}, scaling={a['scaling']})")
-    if op == "group_fuse":
-        return f"rt.GroupFusion({a['groups']})"
-    if op == "partition_norm":
-        return f"rt.PartitionNorm({a['dim']}, parts={a['parts']}, dc={a['dc']}, eps={a['eps']!r})"
-    if op == "rotate":
-        return f"rt.PhaseRotation({a['dim']}, parts={a['parts']}, dc={a['dc']})"
-    if op == "head_loop":
-        return (f"rt.HeadLoop({a['count']}, heads={a['heads']}, kv_heads={a['kv_heads']}, "
-                f"head_dim={a['head_dim']})")
-    if op == "delta":
-        return f"rt.DeltaResidual({a['dim']}, beta_init={a['beta_init']!r})"
+    if op in _MODULES:
+        cls, positional, keywords = _MODULES[op]
+        args = [_arg(a[k]) for k in positional] + [f"{k}={_arg(a[k])}" for k in keywords]
+        return f"{cls}({', '.join(args)})"
     raise AssertionError(f"no module for leaf op {op}")
 
 
