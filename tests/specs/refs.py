@@ -403,3 +403,195 @@ def capture(module: nn.Module, store: list, what: str = "output"):
     return module.register_forward_hook(
         lambda mod, args, out: store.append(tuple(o.detach().clone() for o in out)
                                             if isinstance(out, tuple) else out.detach().clone()))
+
+
+# ---------------------------------------------------------------------------- reparameterization specs
+# Pieces used by the tests of reparam_vit, slab, sigma_reparam and dsformer (TOPOLOGIES.md
+# 2.8-2.11). Still plain torch only: the equations are written out here, none of archc's
+# runtime modules is used.
+
+def ramp_value(step: int, start: int, end: int) -> float:
+    """ramp(start, end) of a training step: 0 before start, 1 from end, linear between."""
+    return min(max((step - start) / (end - start), 0.0), 1.0)
+
+
+class BiasAttention(nn.Module):
+    """Causal MHA with RoPE, its own head size, and a bias on every projection (ViT-style
+    q/k/v/o biases): wq, wk, wv d -> H*dh, wo H*dh -> d."""
+
+    def __init__(self, d: int, n_heads: int, head_dim: int):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.wq = nn.Linear(d, n_heads * head_dim)
+        self.wk = nn.Linear(d, n_heads * head_dim)
+        self.wv = nn.Linear(d, n_heads * head_dim)
+        self.wo = nn.Linear(n_heads * head_dim, d)
+
+    def forward(self, x):
+        cos, sin = rope_tables(x.shape[1], self.head_dim)
+        q = apply_rope(heads(self.wq(x), self.n_heads), cos, sin)
+        k = apply_rope(heads(self.wk(x), self.n_heads), cos, sin)
+        v = heads(self.wv(x), self.n_heads)
+        return self.wo(unheads(causal_attention(q, k, v)))
+
+
+class BiasMLP(nn.Module):
+    """fc2(gelu_erf(fc1 x)) with biases."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d, hidden)
+        self.fc2 = nn.Linear(hidden, d)
+
+    def forward(self, x):
+        return self.fc2(gelu_erf(self.fc1(x)))
+
+
+class TokenBN(nn.Module):
+    """BatchNorm over the width with every token of the batch as a sample, written out.
+    Training: normalise by the batch mean and biased variance over all B*T tokens, and move
+    running_mean/running_var (the unbiased variance) by `momentum`. Eval: running stats."""
+
+    def __init__(self, d: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+        self.register_buffer("running_mean", torch.zeros(d))
+        self.register_buffer("running_var", torch.ones(d))
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        if self.training:
+            n = flat.shape[0]
+            mean = flat.mean(0)
+            var = (flat - mean).pow(2).mean(0)
+            with torch.no_grad():
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / (n - 1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+class RepBNRef(nn.Module):
+    """SLAB's RepBN(x) = BN(x) + alpha * x (alpha a learnable scalar)."""
+
+    def __init__(self, d: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(()))
+        self.bn = TokenBN(d, eps, momentum)
+
+    def forward(self, x):
+        return self.bn(x) + self.alpha * x
+
+
+def _unit(v):
+    return v / v.norm().clamp_min(1e-12)
+
+
+class SigmaLinearRef(nn.Module):
+    """sigma-Reparam linear: y = x (gamma / sigma W)^T + b. Each training forward first
+    takes one power-iteration step on the kept vector u (v = W u / |W u|, u <- W^T v /
+    |W^T v|, no gradient); then sigma = v'^T W u with v' = W u / |W u| for the current u
+    (v' and u constants, the gradient reaches W). Eval: no step."""
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(d_out, d_in))
+        self.gamma = nn.Parameter(torch.ones(()))
+        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+        self.register_buffer("u", torch.zeros(d_in))
+
+    def sigma(self):
+        w = self.weight
+        if self.training:
+            with torch.no_grad():
+                v = _unit(w.detach() @ self.u)
+                self.u.copy_(_unit(w.detach().t() @ v))
+        u = self.u.clone()
+        v = _unit(w.detach() @ u)
+        return v @ (w @ u)
+
+    def effective_weight(self):
+        return self.gamma / self.sigma() * self.weight
+
+    def forward(self, x):
+        y = x @ self.effective_weight().t()
+        return y + self.bias if self.bias is not None else y
+
+
+def top_n_per_column(s: torch.Tensor, n: int) -> torch.Tensor:
+    """0/1 mask of each column's n largest-magnitude entries (by sorting; ties impossible
+    with random values)."""
+    thresh = s.abs().sort(dim=0, descending=True).values[n - 1:n]    # [1, in]
+    return (s.abs() >= thresh).to(s.dtype)
+
+
+class DSLinearRef(nn.Module):
+    """DSFormer's W = D S: D [out, rank] dense, S [rank, in] the top-n-per-column projection
+    of a dense shadow; straight-through: S_eff = S + (P(S) - S).detach()."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, nnz: int, bias: bool = False):
+        super().__init__()
+        self.nnz = nnz
+        self.dense = nn.Parameter(torch.zeros(d_out, rank))
+        self.shadow = nn.Parameter(torch.zeros(rank, d_in))
+        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+
+    def effective_sparse(self):
+        s = self.shadow
+        return s + (s * top_n_per_column(s.detach(), self.nnz) - s).detach()
+
+    def forward(self, x):
+        y = (x @ self.effective_sparse().t()) @ self.dense.t()
+        return y + self.bias if self.bias is not None else y
+
+
+def causal_linear_attention_quadratic(q, k, v, eps: float = 1e-6):
+    """The explicit quadratic form of causal (kernelised) linear attention on already
+    feature-mapped q, k [B, H, T, dh]: A = q k^T with the future masked to 0, O = A v /
+    (row-sum(A) + eps)."""
+    T = q.shape[2]
+    a = (q @ k.transpose(-1, -2)) * torch.ones(T, T).tril()
+    return (a @ v) / (a.sum(-1, keepdim=True) + eps)
+
+
+def causal_depthwise_conv(v, weight, bias):
+    """Per channel c of v [B, H, T, dh] (the same kernel for every head):
+    out[t] = bias[c] + sum_j weight[c, 0, j] * v[t - (K-1) + j], zero before position 0."""
+    K = weight.shape[-1]
+    T = v.shape[2]
+    out = bias.view(1, 1, 1, -1).expand_as(v).clone()
+    for j in range(K):
+        shift = K - 1 - j
+        if shift >= T:
+            continue
+        past = torch.zeros_like(v)
+        past[:, :, shift:] = v[:, :, :T - shift]
+        out = out + weight[:, 0, j] * past
+    return out
+
+
+@torch.no_grad()
+def randomize_bn_stats_(model: nn.Module, seed: int = 0) -> int:
+    """Random running statistics for every BatchNorm-like module (running_mean ~ N(0, 0.3^2),
+    running_var ~ U(0.5, 2)); returns how many modules it touched."""
+    g = torch.Generator().manual_seed(seed)
+    n = 0
+    for name, b in model.named_buffers():
+        if name.endswith("running_mean"):
+            b.copy_(torch.randn(b.shape, generator=g) * 0.3)
+            n += 1
+        elif name.endswith("running_var"):
+            b.copy_(0.5 + 1.5 * torch.rand(b.shape, generator=g))
+    return n
+
+
+def assert_close_rel(actual, expected, what: str, rtol: float = 1e-5) -> None:
+    """Max abs difference within rtol times the expected output's max magnitude."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
+    scale = expected.abs().max().item()
+    err = (actual - expected).abs().max().item()
+    assert err <= rtol * max(scale, 1e-30), \
+        f"{what}: max abs difference {err:.3e} > {rtol:g} x output scale {scale:.3e}"
