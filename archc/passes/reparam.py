@@ -325,7 +325,7 @@ def _single_use(c: _Class, node: Node | None) -> bool:
 def _merge_linear_branches(c: _Class) -> bool:
     """y = A x + B x -> (A + B) x;  y = A x + x -> (A + I) x."""
     for node in list(c.nodes):
-        if node.op != "add":
+        if node.op != "add" or node.inputs[0] == node.inputs[1]:  # y + y is not two branches
             continue
         a, b = (c.producer(v) for v in node.inputs)
         la, lb = _plain_linear(c, a), _plain_linear(c, b)
@@ -378,7 +378,7 @@ def _ffn(c: _Class, value: str) -> _Ffn | None:
 def _merge_ffn_branches(c: _Class) -> bool:
     """f1(h) + f2(h) for two FFNs on the same input -> one FFN with both hidden layers."""
     for node in list(c.nodes):
-        if node.op != "add":
+        if node.op != "add" or node.inputs[0] == node.inputs[1]:
             continue
         f1, f2 = (_ffn(c, v) for v in node.inputs)
         if f1 is None or f2 is None or f1.up.inputs != f2.up.inputs or \
@@ -458,6 +458,22 @@ def _attention(c: _Class, value: str) -> _Attention | None:
     return _Attention(roles, group)
 
 
+def _same_attention(c: _Class, n1: dict, n2: dict) -> bool:
+    """Can two attentions become one? Same head size, causal mask, positions (rope table),
+    biases, and the same number of query heads per key/value head (so each query head
+    keeps its key/value head after the heads are stacked)."""
+    if n1["hq"].types[0].shape[-1] != n2["hq"].types[0].shape[-1]:
+        return False
+    if n1["attend"].attrs != n2["attend"].attrs:
+        return False
+    if ("rq" in n1) and n1["rq"].attr("table") != n2["rq"].attr("table"):
+        return False
+    if n1["hq"].attr("n") * n2["hk"].attr("n") != n2["hq"].attr("n") * n1["hk"].attr("n"):
+        return False
+    return all(dict(c.module(n1[r].ref).args)["bias"] == dict(c.module(n2[r].ref).args)["bias"]
+               for r in ("q", "k", "v"))
+
+
 def _widen_type(t: TensorType, heads: int) -> TensorType:
     return TensorType(shape=(t.shape[0], heads) + t.shape[2:])
 
@@ -466,20 +482,17 @@ def _merge_attention_branches(c: _Class) -> bool:
     """a1(h) + a2(h) for two attentions on the same input -> one with both sets of heads:
     sum_b W_o^b o_b = [W_o^1 ... W_o^m] [o_1; ...; o_m]."""
     for node in list(c.nodes):
-        if node.op != "add":
+        if node.op != "add" or node.inputs[0] == node.inputs[1]:
             continue
         a1, a2 = (_attention(c, v) for v in node.inputs)
         if a1 is None or a2 is None or a1.nodes["q"].inputs != a2.nodes["q"].inputs or \
                 set(a1.nodes) != set(a2.nodes):
             continue
         n1, n2 = a1.nodes, a2.nodes
-        if n1["hq"].types[0].shape[-1] != n2["hq"].types[0].shape[-1] or \
-                n1["attend"].attr("causal") != n2["attend"].attr("causal"):
+        if not _same_attention(c, n1, n2):
             continue
         hq = n1["hq"].attr("n") + n2["hq"].attr("n")
         hkv = n1["hk"].attr("n") + n2["hk"].attr("n")
-        if hq % hkv:
-            continue
         dh = n1["hq"].types[0].shape[-1]
         for role in ("q", "k", "v"):
             leaf1, leaf2 = c.module(n1[role].ref), c.module(n2[role].ref)

@@ -368,23 +368,15 @@ def test_norm_in_another_class_is_not_folded_across_the_call():
     assert any(n.endswith("layernorm.weight") for n in r.fp)
 
 
-# ----------------------------------------------------------------------------- known bugs
-# Strict xfails: each names the archc bug; remove the mark when it is fixed.
+# ----------------------------------------------------------------------------- not foldable
+# Merges that must not happen (they once did): each stays exact.
 
 
-@pytest.mark.xfail(strict=True, reason="archc bug: _merge_attention_branches only checks "
-                   "(hq1+hq2) % (hkv1+hkv2) == 0, not equal GQA group sizes; heads=2,kv=1 + "
-                   "heads=4,kv=1 merge to 6 heads over 2 kv heads (groups of 3), so branch 1's "
-                   "last query head and branch 2's first read the wrong kv head")
 def test_attention_branches_with_different_gqa_groups():
     fold("h = rmsnorm(x)\ny = attention(h, heads=2, kv_heads=1, head_dim=8) + "
          "attention(h, heads=4, kv_heads=1, head_dim=8)\nx = x + y\n")
 
 
-@pytest.mark.xfail(strict=True, reason="archc bug: _merge_attention_branches takes the bias "
-                   "flag of the first branch's q/k/v only: bias=false + bias=true drops the "
-                   "second branch's biases (wrong output); bias=true + bias=false makes "
-                   "archc.reparam raise KeyError('attention_1.q.bias')")
 @pytest.mark.parametrize("first,second", [("", ", bias=true"), (", bias=true", "")],
                          ids=["second-has-bias", "first-has-bias"])
 def test_attention_branches_with_different_bias(first, second):
@@ -392,17 +384,10 @@ def test_attention_branches_with_different_bias(first, second):
          f"attention(h, heads=2, head_dim=8{second})\nx = x + y\n")
 
 
-@pytest.mark.xfail(strict=True, reason="archc bug: _merge_attention_branches does not compare "
-                   "RoPE settings; branches with rope_theta 10000 and 500 merge into one "
-                   "attention that rotates every head with the first branch's table")
 def test_attention_branches_with_different_rope_theta():
     fold("h = rmsnorm(x)\ny = attention(h, heads=2, head_dim=8) + "
          "attention(h, heads=2, head_dim=8, rope_theta=500)\nx = x + y\n")
 
 
-@pytest.mark.xfail(strict=True, reason="archc bug: _merge_linear_branches takes h + h (both "
-                   "inputs from one linear node) for two parallel branches and deletes the "
-                   "node twice: internal compiler error A900 'add reads %N before it is "
-                   "defined' in every inference build")
 def test_sum_of_one_linear_with_itself():
     fold("h = linear(x, out=d)\nx = x + (h + h)\n")
