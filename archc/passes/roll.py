@@ -90,16 +90,13 @@ class _Roller:
 
     # ------------------------------------------------------------------------- graphs
 
-    def graph(self, graph: Graph, loop_vars: tuple[str, ...], loops_after: bool) -> Graph:
-        """Roll the runs of a graph (bodies first). `loops_after`: a loop region may run
-        after this graph's code (see `_leaks`)."""
+    def graph(self, graph: Graph, loop_vars: tuple[str, ...]) -> Graph:
+        """Roll the runs of a graph (bodies first)."""
         nodes = []
-        for k, node in enumerate(graph.nodes):
+        for node in graph.nodes:
             if node.body is not None:
-                later = loops_after or any(n.op == "loop" or n.ref is not None
-                                           for n in graph.nodes[k + 1:])
                 inner = loop_vars + (node.attr("var"),)
-                node = node.model_copy(update={"body": self.graph(node.body, inner, later)})
+                node = node.model_copy(update={"body": self.graph(node.body, inner)})
             nodes.append(node)
         users = _users(nodes, graph.outputs)
         runs = []  # (start, length, count, wiring), left to right, not overlapping
@@ -111,16 +108,7 @@ class _Roller:
                 continue
             runs.append((i,) + found)
             i += found[0] * found[1]
-        kept = []
-        loop_later = loops_after
-        for run in reversed(runs):
-            start, length, count, wiring = run
-            end = start + length * count
-            loop_later = loop_later or any(n.op == "loop" for n in nodes[end:])
-            if loop_later and _leaks(nodes[start:start + length], wiring):
-                continue
-            kept.append(run)
-            loop_later = True
+        kept = list(reversed(runs))
         out = Graph(graph.inputs)
         out.names = dict(graph.names)
         i = 0
@@ -286,18 +274,6 @@ def _contained(nodes: list[Node], i: int, length: int, count: int, w: _Wiring,
     return True
 
 
-def _leaks(window: list[Node], w: _Wiring) -> bool:
-    """Does a repetition bind values besides its carried state?
-
-    The torch backend releases dead locals with `del` by loop depth, so a local bound in
-    one loop's body and dead after it can be deleted inside a later loop at the same
-    depth, once per iteration of that loop (the second `del` fails). Elaborated loops can
-    hit this too; until the backend tracks which loop bound a local, a run whose body
-    would bind such locals is not rolled when a loop may follow it."""
-    return any((p, k) not in w.inits for p, node in enumerate(window)
-               for k in range(len(node.outs)))
-
-
 def _scans(block: BlockDef) -> bool:
     return any(n.op == "attend" and n.attr("past") == "output" for n in block.graph.nodes)
 
@@ -310,6 +286,6 @@ def roll(program: Program) -> Program:
     for cls, block in program.classes.items():
         if _scans(block):
             continue
-        graph = _Roller(block, program).graph(block.graph, (), False)
+        graph = _Roller(block, program).graph(block.graph, ())
         classes[cls] = block.model_copy(update={"graph": graph})
     return program.model_copy(update={"classes": classes})

@@ -334,8 +334,8 @@ class _Forward:
         self.positions: dict[int, tuple[int, int]] = {}
         self.item_refs: dict[Ref, str] = {}  # refs a `for item in self.stack` loop names
         self.deleted: set[str] = set()  # values whose local was released with `del`
-        self.depth = 0  # loop nesting of the code being emitted
-        self.depth_of: dict[str, int] = {}  # value -> nesting where its local was bound
+        self.region = None  # the loop region whose body is being emitted (None: top level)
+        self.region_of: dict[str, object] = {}  # value -> region where its local was bound
         self._liveness(graph, {})
 
     # liveness ------------------------------------------------------------------
@@ -378,7 +378,7 @@ class _Forward:
         """A plain method over `self.graph`: its inputs in, its outputs out."""
         graph = self.graph
         args = [self.namer.assign(vid, graph.names.get(vid, "x"), -1) for vid, _ in graph.inputs]
-        self.depth_of.update((vid, 0) for vid, _ in graph.inputs)
+        self.region_of.update((vid, None) for vid, _ in graph.inputs)
         ind = INDENT * 2
         self._graph(graph, ind)
         outs = [self.namer.name[v] for v in graph.outputs]
@@ -391,7 +391,7 @@ class _Forward:
         for vid, _t in graph.inputs:
             name = graph.names.get(vid, "x")
             args.append(self.namer.assign(vid, name, -1))
-            self.depth_of[vid] = 0
+            self.region_of[vid] = None
         extra = list(self.ctx_args)
         if self.block.iteration:
             extra.append(self.block.iteration)
@@ -477,7 +477,7 @@ class _Forward:
         statement rather than when forward returns (what inference peak memory sees)."""
         dead = [name for name, value in self.namer.holder.items()
                 if value not in self.deleted and self.namer.last.get(value, -1) < pos
-                and self.depth_of.get(value) == self.depth  # bound here, surely bound
+                and self.region_of.get(value) == self.region  # bound in this very region
                 and name not in self.namer.reserved and not value.startswith(("carry:",))]
         if dead:
             self.deleted.update(self.namer.holder[n] for n in dead)
@@ -505,7 +505,7 @@ class _Forward:
             hints = node.hint.split(",") if node.hint else ["t"]
             names = [self.namer.assign(o, graph.names.get(o, hints[min(k, len(hints) - 1)]),
                                        start) for k, o in enumerate(node.outs)]
-            self.depth_of.update((o, self.depth) for o in node.outs)
+            self.region_of.update((o, self.region) for o in node.outs)
             self.lines.append(f"{ind}{', '.join(names)} = {expr}")
 
     def _ref(self, ref: Ref) -> str:
@@ -589,15 +589,15 @@ class _Forward:
             self.lines.append(f"{ind}{INDENT}{prev} = {state}")
         else:
             self.lines.append(f"{ind}{header}")
-        self.depth += 1
+        outer, self.region = self.region, id(node)
         self._graph(body, ind + INDENT)
-        self.depth -= 1
+        self.region = outer
         results = [self.namer.name[v] for v in body.outputs]
         if results != names:
             self.lines.append(f"{ind}{INDENT}{', '.join(names)} = {', '.join(results)}")
         for out, name in zip(node.outs, names):
             self.namer.bind(out, name)
-            self.depth_of[out] = self.depth
+            self.region_of[out] = self.region
         if halt is not None:
             self.lines.append(f"{ind}{INDENT}{state} = {halter}.update({prev}, {state})")
             self.lines.append(f"{ind}{INDENT}if {halter}.done():")
