@@ -338,16 +338,17 @@ def main(argv=None) -> int:
 
     print(f"\n  after:  {load_note(ncpu, a.threads)}   ({time.perf_counter() - t_start:.0f} s)")
     print(f"\n{'spec':<14} {'params before/after':>21} {'linears':>9} {'top ops':>11} "
-          f"{'GFLOP':>13} {'train ms':>9} {'folded ms':>9} {'ratio':>6} {'per-rnd':>7} {'min':>6} {'cpu':>6} {'faults':>11} "
-          f"{'flop':>6} {'ops':>6} {'rel err':>8}")
+          f"{'GFLOP':>13} {'train ms':>9} {'folded ms':>9} {'ratio':>6} {'per-rnd':>7} "
+          f"{'min':>6} {'cpu':>6} {'faults':>11} {'flop':>6} {'ops':>6} {'rel err':>8}")
     for (name, pa, pb, la, lb, oa, ob, fa, fb, ma, mb, pr, mm, cr, pfa, pfb, rel) in rows:
         print(f"{name:<14} {pa / 1e6:9.3f}M/{pb / 1e6:8.3f}M {la:4d}/{lb:<4d} {oa:5d}/{ob:<5d} "
-              f"{fa:6.2f}/{fb:<6.2f} {ma * 1e3:9.2f} {mb * 1e3:9.2f} {mb / ma:6.3f} {pr:7.3f} {mm:6.3f} {cr:6.3f} {pfa:5.0f}/{pfb:<5.0f} "
-              f"{fb / fa:6.3f} {ob / oa:6.3f} {rel:8.1e}")
+              f"{fa:6.2f}/{fb:<6.2f} {ma * 1e3:9.2f} {mb * 1e3:9.2f} {mb / ma:6.3f} {pr:7.3f} "
+              f"{mm:6.3f} {cr:6.3f} {pfa:5.0f}/{pfb:<5.0f} {fb / fa:6.3f} {ob / oa:6.3f} "
+              f"{rel:8.1e}")
     print("ratio = folded/train latency (medians), per-rnd = median of per-round ratios, min = "
           "min/min, cpu = process CPU time medians,\nfaults = minor page faults per forward "
-          "(median) train/folded;\nflop, ops = the ratios predicted by FLOPs and by top-level op counts; "
-          "linears count SigmaLinear/DSLinear as one")
+          "(median) train/folded;\nflop, ops = the ratios predicted by FLOPs and by top-level op "
+          "counts; linears count SigmaLinear/DSLinear as one")
     print("RESULT:", "all outputs match" if ok else "some outputs do NOT match")
     return 0 if ok else 1
 
