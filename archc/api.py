@@ -68,7 +68,8 @@ def load(spec: "str | Path | Spec", budget: Budget | None = None, **params: Any)
 REWRITES = ("widen",)
 
 
-def compile_program(spec: Spec, mode: str = "train", rewrites: tuple[str, ...] = ()) -> Program:
+def compile_program(spec: Spec, mode: str = "train", rewrites: tuple[str, ...] = (),
+                    unroll: bool = False) -> Program:
     """The IR after the pass pipeline: what the backends read. mode "infer" resolves
     train-time choices to the spec's inference map and drops what that leaves dead;
     `rewrites` turns on opt-in rewrite passes such as "widen"."""
@@ -81,10 +82,10 @@ def compile_program(spec: Spec, mode: str = "train", rewrites: tuple[str, ...] =
         if r not in REWRITES:
             raise ArchcError(f"unknown rewrite {r!r}", None,
                              f"rewrites: {', '.join(REWRITES)}", code="A002")
-    key = (mode, tuple(rewrites))
+    key = (mode, tuple(rewrites)) + (("unroll",) if unroll else ())
     if key not in spec.compiled:
         spec.compiled[key] = run_pipeline(spec.program.model_copy(
-            update={"mode": mode, "rewrites": tuple(rewrites)}))
+            update={"mode": mode, "rewrites": tuple(rewrites), "unroll": unroll}))
     return spec.compiled[key]
 
 

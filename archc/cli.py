@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-after", action="append", default=[], metavar="PASS",
                    help="print the IR after a pass (repeatable; 'elaborate' for the input)")
     p.add_argument("--time-passes", action="store_true", help="print how long each pass took")
+    p.add_argument("--unroll", action="store_true",
+                   help="unroll static loops and stacks into straight-line code")
     _mode(p)
 
     p = sub.add_parser("info", help="parameter counts and KV-cache bytes",
@@ -206,8 +208,8 @@ def _compile(args, parser) -> int:
         print(format_program(spec.program))
     timings: list[tuple[str, float]] = []
     program = run_pipeline(spec.program.model_copy(
-        update={"mode": args.mode, "rewrites": tuple(args.rewrite)}), set(args.print_after),
-        timings)
+        update={"mode": args.mode, "rewrites": tuple(args.rewrite), "unroll": args.unroll}),
+        set(args.print_after), timings)
     if args.time_passes:
         for name, seconds in timings:
             print(f"pass {name:<14} {seconds * 1e3:8.3f} ms")
@@ -252,6 +254,10 @@ def _info(args, parser) -> int:
     print(f"\nKV cache per token (float32): {with_plan:,} bytes with the kv plan "
           f"({len(planned.kv_layout)} caches), {without:,} if every attention kept its own")
     _info_flops(spec, args.seq)
+    if planned.weight_groups:
+        print("\nweights applied more than once (shared) or read by another op (tied):")
+        for group in planned.weight_groups:
+            print(f"  {group}")
     runtime = [p.name for p in program.params.values() if p.runtime]
     if runtime:
         print(f"\napplied counts use the default of run-time params: "

@@ -50,6 +50,25 @@ def test_compile_writes_a_file_and_prints_ir(tmp_path, capsys):
     assert (tmp_path / "huginn.py").exists()
 
 
+def test_info_lists_shared_and_tied_weights(capsys):
+    assert main(["info", "specs/huginn.arch"]) == 0
+    out = capsys.readouterr().out
+    assert "shared Huginn.core_block: Recur <- Recur :48 x r" in out
+    assert "tied Huginn.emb" in out
+
+
+def test_compile_unroll_turns_a_stack_into_straight_line_code(tmp_path):
+    assert main(["compile", "specs/transformer.arch", "--set", "depth=3", "-o",
+                 str(tmp_path / "rolled")]) == 0
+    assert main(["compile", "specs/transformer.arch", "--set", "depth=3", "--unroll", "-o",
+                 str(tmp_path / "unrolled")]) == 0
+    rolled = (tmp_path / "rolled" / "transformer.py").read_text()
+    unrolled = (tmp_path / "unrolled" / "transformer.py").read_text()
+    assert "for i, layer in enumerate(self.layers):" in rolled
+    assert "enumerate(self.layers)" not in unrolled
+    assert [f"self.layers[{i}](x, rope, cache, {i})" in unrolled for i in range(3)] == [True] * 3
+
+
 def test_compile_rejects_an_unknown_pass_name(tmp_path, capsys):
     assert main(["compile", "specs/huginn.arch", "-o", str(tmp_path),
                  "--print-after", "nonsense"]) == 1
