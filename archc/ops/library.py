@@ -717,7 +717,8 @@ class DsAttrs(Attrs):
 @op("ds_linear", DsAttrs,
     "DSFormer's linear: W = D S with D dense [out, rank] and S semi-structured sparse "
     "[rank, in] (each input column keeps its `nnz` largest-magnitude entries; a dense "
-    "shadow is trained through a straight-through estimator); reparam multiplies it out",
+    "shadow is trained through a straight-through estimator); reparam bakes S's top-nnz "
+    "projection and keeps D and S as two plain linears",
     stateful=True)
 def ds_linear(c, x, a: DsAttrs):
     d = x.type.width

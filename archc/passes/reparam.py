@@ -5,8 +5,9 @@ rewritten, exactly:
 
 - `training(a, b)` values become b; scales by 1 vanish and branches scaled by 0 drop out
   (a finished join schedule, SLAB's LN -> RepBN blend);
-- sigma-Reparam weights are baked (W_hat = gamma / sigma(W) W) and DSFormer's D S factors
-  multiplied out, into plain linears;
+- sigma-Reparam weights are baked (W_hat = gamma / sigma(W) W) into a plain linear;
+  DSFormer's S is projected once to its top-nnz form and D S kept as two plain linears
+  (cheaper than the product whenever rank < out * in / (out + in), the reason to factor);
 - a norm's affine (LayerNorm, RMSNorm gains) and an eval-mode BatchNorm/RepBN (a
   per-channel affine) fold into the linears that read it;
 - LayerScale folds into the linear before it;
@@ -217,7 +218,7 @@ def _bake_weights(c: _Class) -> bool:
             c.set_module(node.ref, _linear_leaf(a["in"], a["out"], a["bias"], leaf.span))
             c.fold(_key(node.ref, "weight"), ("sigma_weight", prefix))
             c.replace_node(node, node.model_copy(update={"op": "linear"}))
-        else:  # keep the factors (cheaper than D S multiplied out); S is sparse once
+        else:  # keep the factors (see the module docstring); S is sparse once
             group = Group(children=(
                 ("sparse", _linear_leaf(a["in"], a["rank"], False, leaf.span)),
                 ("dense", _linear_leaf(a["rank"], a["out"], a["bias"], leaf.span))),
