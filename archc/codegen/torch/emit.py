@@ -24,6 +24,9 @@ from ...analysis.scan import plan_scan
 from ...passes.kvplan import slot_count
 
 INDENT = "    "
+# weightless ops whose output is a fresh activation as large as their inputs: dead locals
+# are released before them too, as a hand-written forward would have dropped them
+_ALLOCATES = frozenset({"attend", "lm_head"})
 
 
 def generate(program: Program) -> str:
@@ -500,6 +503,8 @@ class _Forward:
             if node.op == "loop":
                 self._loop(node, ind, start, end)
                 continue
+            if node.ref is not None or node.op in _ALLOCATES:
+                self._release(start, ind)  # before the next large output is allocated
             args = [self.namer.name[v] for v in node.inputs]
             expr = self._expr(node, args)
             hints = node.hint.split(",") if node.hint else ["t"]
