@@ -28,6 +28,8 @@ def _value(recipe, src: dict, prefix: str):
         return _value(recipe[1], src, prefix) * _value(recipe[2], src, prefix)[:, None]
     if kind == "matvec":
         return _value(recipe[1], src, prefix) @ _value(recipe[2], src, prefix)
+    if kind == "lowrank":  # a LoRA update, scale * B A
+        return _value(recipe[1], src, prefix) @ _value(recipe[2], src, prefix) * recipe[3]
     if kind == "cat":
         return torch.cat([_value(r, src, prefix) for r in recipe[2]], dim=recipe[1])
     if kind == "eye":

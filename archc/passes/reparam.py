@@ -14,7 +14,9 @@ rewritten, exactly:
 - parallel linear branches on one input sum into one linear, an identity branch into its
   diagonal;
 - parallel FFN branches on one input become one wider FFN, parallel attention branches
-  one attention with all their heads.
+  one attention with all their heads;
+- a LoRA update merges into its linear (W + s B A) only where its loop runs once: with
+  more iterations every iteration would need its own W, and the sharing would be lost.
 
 Each rewrite records how the new weights come from the old ones (`Program.folds`, small
 tensor expressions per class); `archc.reparam(model)` evaluates them on a trained
@@ -355,6 +357,35 @@ def _merge_linear_branches(c: _Class) -> bool:
     return False
 
 
+def _merge_lora(c: _Class) -> bool:
+    """y = W x + s B A x -> (W + s B A) x, only where the adapter's loop runs once: with more
+    iterations each would need its own copy of W, and the shared weights would be lost."""
+    if c.block.iterations != 1:
+        return False
+    for node in list(c.nodes):
+        if node.op != "add" or node.inputs[0] == node.inputs[1]:
+            continue
+        a, b = (c.producer(v) for v in node.inputs)
+        if b is not None and b.op == "linear":
+            a, b = b, a
+        leaf = _plain_linear(c, a)
+        if leaf is None or b is None or b.op != "lora" or b.inputs != a.inputs \
+                or not (_single_use(c, a) and _single_use(c, b)) or c.ref_uses(b.ref) != 1:
+            continue
+        only = b.ref.substitute(c.block.iteration, 0)  # the one iteration there is
+        adapter = c.module(only)
+        if not isinstance(adapter, Leaf):
+            continue
+        scale = dict(adapter.args)["scale"]
+        c.fold(_key(a.ref, "weight"), ("add", c.p(a.ref, "weight"),
+                                       ("lowrank", c.p(only, "B"), c.p(only, "A"), scale)))
+        c.forward(node.outs[0], a.outs[0])
+        c.replace_node(node, None)
+        c.replace_node(b, None)
+        return True
+    return False
+
+
 @dataclass
 class _Ffn:
     up: Node
@@ -544,7 +575,7 @@ def _merge_attention_branches(c: _Class) -> bool:
 
 
 _REWRITES = (_resolve_scales, _bake_weights, _fold_layerscale, _fold_norms, _share_plain_norms,
-             _merge_linear_branches, _merge_ffn_branches, _merge_attention_branches)
+             _merge_lora, _merge_linear_branches, _merge_ffn_branches, _merge_attention_branches)
 
 
 def _rewrite(block: BlockDef) -> tuple[BlockDef, tuple]:

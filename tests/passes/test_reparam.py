@@ -391,3 +391,25 @@ def test_attention_branches_with_different_rope_theta():
 
 def test_sum_of_one_linear_with_itself():
     fold("h = linear(x, out=d)\nx = x + (h + h)\n")
+
+
+# ----------------------------------------------------------------------------- lora
+
+LORA_CORE = ("block layer(x) {\n  x = x + linear(rmsnorm(x), out=d)\n  return x\n}\n"
+             "let core = layer()\n")
+
+
+def test_lora_of_a_loop_that_runs_once_merges_into_its_linear():
+    r = fold(LORA_CORE + "loop j in 1 {\n  x = core(x) with lora(rank=2, alpha=4)\n}\n")
+    assert "lora" in r.train_ops and "lora" not in r.infer_ops
+    w, a, b = (r.tp[f"core.{n}"] for n in ("linear.weight", "lora.0.linear.A", "lora.0.linear.B"))
+    g = r.tp["core.rmsnorm.weight"]
+    assert_rel(r.fp["core.linear.weight"], (w + 2.0 * b @ a) * g, "W + (alpha/rank) B A")
+    assert not any(".lora." in n for n in r.fp)
+
+
+def test_lora_of_a_loop_that_runs_twice_is_kept_so_the_core_stays_shared():
+    r = fold(LORA_CORE + "loop j in 2 {\n  x = core(x) with lora(rank=2)\n}\n")
+    assert "lora" in r.infer_ops
+    assert torch.equal(r.fp["core.lora.1.linear.B"], r.tp["core.lora.1.linear.B"])
+    assert r.fp["core.linear.weight"].shape == r.tp["core.linear.weight"].shape
