@@ -25,8 +25,10 @@ training loss per window of steps with the held-out loss at the window's end, a 
 sample and the run time (about 60-80 s for 300 steps on one thread of a busy 2-core
 machine).
 
-Generation recomputes the whole prefix for every new character instead of using
-`model.new_cache`: once a layer has grown, its looped heads do not use the KV cache.
+Generation slides a window of the last `--seq` characters (the length the model was
+trained on) and runs it again for every new character. `model.new_cache` would decode
+exactly, grown layers included (their looped heads keep their own cache slots), but a
+cache only ever lengthens the context.
 """
 
 from __future__ import annotations
