@@ -299,6 +299,17 @@ SWIGLU_PAIRS = [("w1.weight", "gate.weight"), ("w3.weight", "up.weight"),
                 ("w2.weight", "down.weight")]
 
 
+
+def take_decoder_layer(w: dict, src: "WeightSource", ours: str, theirs: str,
+                       ffn: bool = True) -> None:
+    """The weights of one baseline pre-norm decoder layer (attn_norm, attn, ffn_norm, ffn
+    here; rmsnorm, attention, rmsnorm_1, swiglu in archc)."""
+    w[ours + "attn_norm.weight"] = src[theirs + "rmsnorm.weight"]
+    w[ours + "ffn_norm.weight"] = src[theirs + "rmsnorm_1.weight"]
+    take(w, src, ATTN_PAIRS, ours + "attn.", theirs + "attention.")
+    if ffn:
+        take(w, src, SWIGLU_PAIRS, ours + "ffn.", theirs + "swiglu.")
+
 @torch.no_grad()
 def copy_renamed(dst: nn.Module, src: nn.Module, rename, skip=()) -> None:
     """Give archc module `dst` the parameters of archc module `src`: dst name ->

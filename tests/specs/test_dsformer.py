@@ -19,7 +19,7 @@ from torch import nn
 import archc
 from refs import (RMSNorm, Attention, DSLinearRef, WeightSource, load_exact, randomize_,
                   assert_close, assert_close_rel, n_params, tokens, check_train_step,
-                  check_decode_matches_prefill, take, ATTN_PAIRS, gelu_erf, top_n_per_column)
+                  check_decode_matches_prefill, gelu_erf, top_n_per_column, take_decoder_layer)
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = str(ROOT / "specs" / "dsformer.arch")
@@ -60,9 +60,7 @@ def copy_weights(m, ref, cfg):
     w = {"embed.weight": src["emb.weight"], "final_norm.weight": src["rmsnorm.weight"]}
     for i in range(cfg["depth"]):
         r, a = f"layers.{i}.", f"layers.{i}."
-        w[r + "attn_norm.weight"] = src[a + "rmsnorm.weight"]
-        w[r + "ffn_norm.weight"] = src[a + "rmsnorm_1.weight"]
-        take(w, src, ATTN_PAIRS, r + "attn.", a + "attention.")
+        take_decoder_layer(w, src, r, a, ffn=False)
         for ours, theirs in DS:
             w[f"{r}{ours}.dense"] = src[f"{a}{theirs}.dense"]
             w[f"{r}{ours}.shadow"] = src[f"{a}{theirs}.sparse"]

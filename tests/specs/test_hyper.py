@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 import archc
-from refs import (RMSNorm, QKVO, SwiGLU, causal_attention, WeightSource, load_exact,
-                  randomize_, assert_close, n_params, tokens, check_train_step, take,
-                  ATTN_PAIRS, SWIGLU_PAIRS, copy_renamed, check_decode_matches_prefill)
+from refs import (RMSNorm, QKVO, SwiGLU, causal_attention, WeightSource, load_exact, randomize_,
+                  assert_close, n_params, tokens, check_train_step, take, copy_renamed,
+                  check_decode_matches_prefill, take_decoder_layer)
 
 SPEC = "specs/hyper.arch"
 BASE = "specs/transformer.arch"
@@ -134,10 +134,7 @@ def copy_weights(m, ref, cfg):
     w = {"embed.weight": src["emb.weight"], "final_norm.weight": src["rmsnorm.weight"]}
     for i in range(cfg["depth"]):
         r, a = f"layers.{i}.", f"layers.{i}."
-        w[r + "attn_norm.weight"] = src[a + "rmsnorm.weight"]
-        w[r + "ffn_norm.weight"] = src[a + "rmsnorm_1.weight"]
-        take(w, src, ATTN_PAIRS, r + "attn.", a + "attention.")
-        take(w, src, SWIGLU_PAIRS, r + "ffn.", a + "swiglu.")
+        take_decoder_layer(w, src, r, a)
         if cfg.get("residual", "hyper") == "hyper":
             for ours, theirs in [("hc_attn.", "hyper_read."), ("hc_ffn.", "hyper_read_1.")]:
                 take(w, src, [("norm.weight", "norm.weight"), ("phi.weight", "proj.weight"),

@@ -21,7 +21,7 @@ from torch import nn
 import archc
 from refs import (RMSNorm, Attention, SwiGLU, WeightSource, load_exact, randomize_, assert_close,
                   n_params, tokens, check_train_step, take, ATTN_PAIRS, SWIGLU_PAIRS, copy_renamed,
-                  check_decode_matches_prefill, identity_plus_noise_, capture)
+                  check_decode_matches_prefill, identity_plus_noise_, capture, take_decoder_layer)
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = str(ROOT / "specs" / "mohd.arch")
@@ -158,10 +158,7 @@ def copy_dense(m, ref, depth):
     w = {"embed.weight": src["emb.weight"], "final_norm.weight": src["rmsnorm.weight"]}
     for i in range(depth):
         a, r = f"layers.{i}.", f"blocks.{i}."
-        w[r + "attn_norm.weight"] = src[a + "rmsnorm.weight"]
-        w[r + "ffn_norm.weight"] = src[a + "rmsnorm_1.weight"]
-        take(w, src, ATTN_PAIRS, r + "attn.", a + "attention.")
-        take(w, src, SWIGLU_PAIRS, r + "ffn.", a + "swiglu.")
+        take_decoder_layer(w, src, r, a)
         for s in ("", "_1"):
             assert torch.equal(src[a + f"group_fuse{s}.mix"], torch.eye(m.layers[i].group_fuse.mix.shape[0]))
             src[a + f"width_route{s}.router.weight"]   # routes nothing away: unused

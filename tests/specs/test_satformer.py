@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import archc
-from refs import (RMSNorm, QKVO, SwiGLU, causal_attention, WeightSource, load_exact,
-                  randomize_, assert_close, n_params, tokens, check_train_step, take,
-                  ATTN_PAIRS, SWIGLU_PAIRS, copy_renamed, check_decode_matches_prefill)
+from refs import (RMSNorm, QKVO, SwiGLU, causal_attention, WeightSource, load_exact, randomize_,
+                  assert_close, n_params, tokens, check_train_step, copy_renamed,
+                  check_decode_matches_prefill, take_decoder_layer)
 
 SPEC = "specs/satformer.arch"
 BASE = "specs/transformer.arch"
@@ -74,10 +74,7 @@ def copy_weights(m, ref, depth):
     w = {"embed.weight": src["emb.weight"], "final_norm.weight": src["rmsnorm.weight"]}
     for i in range(depth):
         r, a = f"blocks.{i}.", f"layers.{i}."
-        w[r + "attn_norm.weight"] = src[a + "rmsnorm.weight"]
-        w[r + "ffn_norm.weight"] = src[a + "rmsnorm_1.weight"]
-        take(w, src, ATTN_PAIRS, r + "attn.", a + "attention.")
-        take(w, src, SWIGLU_PAIRS, r + "ffn.", a + "swiglu.")
+        take_decoder_layer(w, src, r, a)
         if i > 0:
             w[r + "w_alpha.weight"] = src[a + "gate.weight"]
     load_exact(ref, w, src)
