@@ -35,7 +35,8 @@ times); prefill timed separately. Reported: the median over rounds per variant, 
 shared/baseline ratios: of the medians, the median of per-round ratios, and the median over
 all (round, step) pairs of baseline step time / shared step time for the same step (paired:
 the most robust to load drift; the target is judged on it).
-Target: shared decodes at least as fast as the baseline (paired ratio >= 1.0).
+Target: the shared model with its inference map (shared-inf, the deployment build) decodes
+at least as fast as the baseline (paired ratio >= 1.0); shared's ratio is printed too.
 
 Threads default to 1: at batch 1 a decode step is a chain of ~200 tiny ops (one token,
 d=256), which a second intra-op thread cannot speed up but can stall (thread wake-ups; on a
@@ -224,7 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds")
-    ap.add_argument("--target", type=float, default=1.0, help="shared/baseline tokens/s >= this")
+    ap.add_argument("--target", type=float, default=1.0,
+                    help="shared-inf/baseline tokens/s >= this")
     ap.add_argument("--profile", action="store_true",
                     help="profile the shared decode step even if the target is met")
     ap.add_argument("--no-infer", action="store_true", help="skip the mode='infer' build")
@@ -313,6 +315,7 @@ def main(argv=None) -> int:
               f"prefill {a.prompt} tok {statistics.median(pre[k]) * 1e3:7.2f} ms")
     base = statistics.median(tps["baseline"])
     results = {}
+    judged = "shared-inf" if "shared-inf" in names else "shared"
     for k in names[1:]:
         ratio = statistics.median(tps[k]) / base
         per_round = statistics.median(x / y for x, y in zip(tps[k], tps["baseline"]))
@@ -320,8 +323,8 @@ def main(argv=None) -> int:
         paired = statistics.median(b / x for b, x in zip(steps["baseline"], steps[k]))
         results[k] = paired
         tag = f"  {'PASS' if paired >= a.target else 'FAIL'} (paired >= {a.target})"
-        if k != "shared":
-            tag += " [informational: the target is on shared]"
+        if k != judged:
+            tag += f" [informational: the target is on {judged}]"
         print(f"    {k}/baseline tokens/s: ratio of medians {ratio:.3f}, per-round median "
               f"{per_round:.3f}, paired per-step median {paired:.3f}{tag}")
     if "shared-inf" in models:
@@ -331,7 +334,7 @@ def main(argv=None) -> int:
               f"{(s_ - i_) * 1e6:.0f} us per decode step by median step times, "
               f"{paired * 1e6:.0f} us paired ({100 * paired / s_:.1f}% of shared's step)")
 
-    met = results["shared"] >= a.target
+    met = results[judged] >= a.target
     if a.profile or not met:
         profile_dead(models["shared"], dead, prompt, steps=16,
                      wall_step_s=statistics.median(steps["shared"]))
