@@ -56,6 +56,20 @@ def build_program(spec: "archc.api.Spec", program: Program, mode: str = "train")
     return archc.build(spec, mode=mode)
 
 
+def run_both(model, ref, vocab: int, length: int):
+    """Give `ref` the weights of `model` and run both on one random batch from the same
+    random state (specs that draw, such as huginn's initial state, draw alike)."""
+    import torch
+
+    ref.load_state_dict(model.state_dict())
+    tokens = torch.randint(0, vocab, (2, length))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = model(tokens)
+        torch.manual_seed(0)
+        return a, ref(tokens)
+
+
 def source(program: Program) -> str:
     from archc.codegen.torch import generate
 
