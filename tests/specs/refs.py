@@ -100,17 +100,20 @@ def unheads(x):
 
 
 class Attention(nn.Module):
-    """Multi-head / grouped-query causal self-attention with RoPE (Llama names)."""
+    """Multi-head / grouped-query causal self-attention with RoPE (Llama names): wq d -> H*dh,
+    wk/wv d -> H_kv*dh, wo H*dh -> d. The head size dh is d / H unless given; `bias` puts a
+    bias on every projection (ViT-style)."""
 
-    def __init__(self, d: int, n_heads: int, n_kv_heads: int | None = None):
+    def __init__(self, d: int, n_heads: int, n_kv_heads: int | None = None,
+                 head_dim: int | None = None, bias: bool = False):
         super().__init__()
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads or n_heads
-        self.head_dim = d // n_heads
-        self.wq = nn.Linear(d, n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(n_heads * self.head_dim, d, bias=False)
+        self.head_dim = head_dim or d // n_heads
+        self.wq = nn.Linear(d, n_heads * self.head_dim, bias=bias)
+        self.wk = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
+        self.wv = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
+        self.wo = nn.Linear(n_heads * self.head_dim, d, bias=bias)
 
     def forward(self, x):
         T = x.shape[1]
@@ -367,29 +370,6 @@ def check_decode_matches_prefill(model: nn.Module, toks: torch.Tensor, atol: flo
 # Pieces used by the tests of three_phase, mohd, widenet, wide_attention, lazy_topk.
 # Still plain torch only.
 
-class HeadDimAttention(nn.Module):
-    """Causal GQA self-attention with RoPE whose head size is its own parameter (not
-    d / heads): wq d -> H*dh, wk/wv d -> H_kv*dh, wo H*dh -> d (Llama names)."""
-
-    def __init__(self, d: int, n_heads: int, n_kv_heads: int | None = None,
-                 head_dim: int | None = None):
-        super().__init__()
-        self.n_heads = n_heads
-        self.n_kv_heads = n_kv_heads or n_heads
-        self.head_dim = head_dim or d // n_heads
-        self.wq = nn.Linear(d, n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(n_heads * self.head_dim, d, bias=False)
-
-    def forward(self, x):
-        cos, sin = rope_tables(x.shape[1], self.head_dim)
-        q = apply_rope(heads(self.wq(x), self.n_heads), cos, sin)
-        k = apply_rope(heads(self.wk(x), self.n_kv_heads), cos, sin)
-        v = heads(self.wv(x), self.n_kv_heads)
-        return self.wo(unheads(causal_attention(q, k, v)))
-
-
 @torch.no_grad()
 def identity_plus_noise_(model: nn.Module, suffix: str, seed: int = 0, std: float = 0.05) -> list[str]:
     """Square parameters whose name ends with `suffix` and that start as the identity
@@ -424,26 +404,6 @@ def capture(module: nn.Module, store: list, what: str = "output"):
 def ramp_value(step: int, start: int, end: int) -> float:
     """ramp(start, end) of a training step: 0 before start, 1 from end, linear between."""
     return min(max((step - start) / (end - start), 0.0), 1.0)
-
-
-class BiasAttention(nn.Module):
-    """Causal MHA with RoPE, its own head size, and a bias on every projection (ViT-style
-    q/k/v/o biases): wq, wk, wv d -> H*dh, wo H*dh -> d."""
-
-    def __init__(self, d: int, n_heads: int, head_dim: int):
-        super().__init__()
-        self.n_heads, self.head_dim = n_heads, head_dim
-        self.wq = nn.Linear(d, n_heads * head_dim)
-        self.wk = nn.Linear(d, n_heads * head_dim)
-        self.wv = nn.Linear(d, n_heads * head_dim)
-        self.wo = nn.Linear(n_heads * head_dim, d)
-
-    def forward(self, x):
-        cos, sin = rope_tables(x.shape[1], self.head_dim)
-        q = apply_rope(heads(self.wq(x), self.n_heads), cos, sin)
-        k = apply_rope(heads(self.wk(x), self.n_heads), cos, sin)
-        v = heads(self.wv(x), self.n_heads)
-        return self.wo(unheads(causal_attention(q, k, v)))
 
 
 class BiasMLP(nn.Module):

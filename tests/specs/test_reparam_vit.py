@@ -22,7 +22,7 @@ from torch import nn
 import archc
 from archc.api import compile_program
 from archc.ir import walk
-from refs import (LayerNorm, BiasAttention, BiasMLP, WeightSource, load_exact, randomize_,
+from refs import (LayerNorm, Attention, BiasMLP, WeightSource, load_exact, randomize_,
                   assert_close, assert_close_rel, n_params, tokens, check_train_step,
                   check_decode_matches_prefill, capture, ramp_value)
 
@@ -39,7 +39,7 @@ class RefLayer(nn.Module):
     def __init__(self, d, branches, heads, head_dim, hidden):
         super().__init__()
         self.attn_norms = nn.ModuleList(LayerNorm(d) for _ in range(branches))
-        self.attns = nn.ModuleList(BiasAttention(d, heads, head_dim) for _ in range(branches))
+        self.attns = nn.ModuleList(Attention(d, heads, head_dim=head_dim, bias=True) for _ in range(branches))
         self.ffn_norms = nn.ModuleList(LayerNorm(d) for _ in range(branches))
         self.ffns = nn.ModuleList(BiasMLP(d, hidden) for _ in range(branches))
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import archc
-from refs import (SwiGLU, HeadDimAttention, WeightSource, load_exact, randomize_, assert_close,
+from refs import (SwiGLU, Attention, WeightSource, load_exact, randomize_, assert_close,
                   n_params, tokens, check_train_step, take, SWIGLU_PAIRS, copy_renamed,
                   check_decode_matches_prefill, capture, decode)
 
@@ -82,7 +82,7 @@ class Block3PT(nn.Module):
         self.shape = (phases, c, dc)
         d = phases * c + dc
         self.attn_norm = PhaseNorm(phases, c, dc)
-        self.attn = HeadDimAttention(d, heads, kv_heads, head_dim)
+        self.attn = Attention(d, heads, kv_heads, head_dim)
         self.theta = nn.Parameter(torch.zeros(()))
         self.ffn_norm = PhaseNorm(phases, c, dc)
         self.ffn = SwiGLU(d, hidden)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import archc
-from refs import (LayerNorm, GeluMLP, HeadDimAttention, WeightSource, load_exact, randomize_,
+from refs import (LayerNorm, GeluMLP, Attention, WeightSource, load_exact, randomize_,
                   assert_close, n_params, tokens, check_train_step, take, ATTN_PAIRS,
                   check_decode_matches_prefill)
 
@@ -38,7 +38,7 @@ class Block(nn.Module):
     def __init__(self, d, n_heads, head_dim, hidden):
         super().__init__()
         self.ln1 = LayerNorm(d)
-        self.attn = HeadDimAttention(d, n_heads, head_dim=head_dim)
+        self.attn = Attention(d, n_heads, head_dim=head_dim)
         self.ln2 = LayerNorm(d)
         self.mlp = GeluMLP(d, hidden)
 
