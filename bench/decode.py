@@ -69,6 +69,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import archc  # noqa: E402
+from reference_transformer import add_size_args, size_of  # noqa: E402
 
 BASE_SPEC = ROOT / "specs" / "transformer.arch"
 SHARED_SPEC = ROOT / "specs" / "stochastic_kv.arch"
@@ -214,12 +215,7 @@ def profile_dead(model, dead: list[int], prompt, steps: int, wall_step_s: float)
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    ap.add_argument("--vocab", type=int, default=256)
-    ap.add_argument("--d", type=int, default=256)
-    ap.add_argument("--depth", type=int, default=8)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--kv-heads", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=688)
+    add_size_args(ap)
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens (prefill)")
     ap.add_argument("--new", type=int, default=128, help="decoded tokens")
     ap.add_argument("--batch", type=int, default=1)
@@ -234,8 +230,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     torch.set_num_threads(a.threads)
-    cfg = dict(vocab=a.vocab, d=a.d, depth=a.depth, heads=a.heads, kv_heads=a.kv_heads,
-               hidden=a.hidden)
+    cfg = size_of(a)
     print(f"decode: transformer.arch vs stochastic_kv.arch {cfg}, batch {a.batch}, "
           f"prompt {a.prompt}, new {a.new}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), {os.cpu_count()} cpus, "

@@ -70,7 +70,7 @@ import torch.nn.functional as F  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from reference_transformer import archc_name_map, build_pair  # noqa: E402
+from reference_transformer import add_size_args, archc_name_map, build_pair, size_of  # noqa: E402
 
 
 def interleaved(fa, fb, n: int, warmup: int) -> tuple[list[float], list[float]]:
@@ -180,12 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=ncpu, help=f"torch threads (default {ncpu})")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--vocab", type=int, default=256)
-    ap.add_argument("--d", type=int, default=256)
-    ap.add_argument("--depth", type=int, default=8)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--kv-heads", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=688)
+    add_size_args(ap)
     ap.add_argument("--warmup", type=int, default=2, help="untimed rounds per measurement")
     ap.add_argument("--iters", type=int, default=10, help="timed forward rounds")
     ap.add_argument("--train-iters", type=int, default=6, help="timed training rounds")
@@ -197,8 +192,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     torch.set_num_threads(a.threads)
-    cfg = dict(vocab=a.vocab, d=a.d, depth=a.depth, heads=a.heads, kv_heads=a.kv_heads,
-               hidden=a.hidden)
+    cfg = size_of(a)
     print(f"archc vs hand-written reference: transformer.arch {cfg}, B={a.batch} T={a.seq}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads"
           f"{', torch.compile(fullgraph=True)' if a.compile else ', eager'}")

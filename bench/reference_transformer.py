@@ -194,22 +194,31 @@ def build_pair(vocab=256, d=64, depth=4, heads=4, kv_heads=2, hidden=172, seed=0
     return m, ref
 
 
+SIZE = dict(vocab=256, d=256, depth=8, heads=8, kv_heads=4, hidden=688)
+
+
+def add_size_args(ap: argparse.ArgumentParser, **defaults: int) -> None:
+    """--vocab --d --depth --heads --kv-heads --hidden: the transformer.arch size a bench
+    compares at (SIZE unless `defaults` says otherwise)."""
+    for name, value in dict(SIZE, **defaults).items():
+        ap.add_argument("--" + name.replace("_", "-"), type=int, default=value)
+
+
+def size_of(a: argparse.Namespace) -> dict:
+    """The size params add_size_args parsed, as keywords of the spec."""
+    return {name: getattr(a, name) for name in SIZE}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vocab", type=int, default=256)
-    ap.add_argument("--d", type=int, default=256)
-    ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--kv-heads", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=688)
+    add_size_args(ap, depth=4)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--atol", type=float, default=1e-5)
     a = ap.parse_args(argv)
 
     ok = True
-    configs = [dict(vocab=a.vocab, d=a.d, depth=a.depth, heads=a.heads, kv_heads=a.kv_heads,
-                    hidden=a.hidden),
+    configs = [size_of(a),
                dict(vocab=256, d=64, depth=3, heads=4, kv_heads=1, hidden=172),   # MQA
                dict(vocab=256, d=64, depth=2, heads=4, kv_heads=4, hidden=96)]    # MHA
     for cfg in configs:
