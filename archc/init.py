@@ -39,8 +39,6 @@ INITS: tuple[str, ...] = InitName.__args__
 DEFAULT_STD = 0.02
 # Inits whose spread `std` sets; for the others `std` is refused rather than ignored.
 USES_STD = frozenset({"normal", "trunc_normal", "residual"})
-# Inits drawn at random, which the generated module applies itself (archc.runtime.init_).
-DRAWN = frozenset({"normal", "trunc_normal", "residual", "xavier"})
 
 
 def weight_init(init: str, std: float = DEFAULT_STD) -> tuple[Any, ...]:
@@ -167,10 +165,15 @@ def _with_writes(m: Module, writes: int, memo: dict[int, Module]) -> Module:
 # ----------------------------------------------------------------------------- codegen
 
 
+# Leaf ops whose runtime module draws its weights in its constructor (torch's own init):
+# the generated module sets every weight of theirs that the IR gives an init. Other leaves
+# (norms, LayerScale, LoRA, biases, ...) are built at their IR constants by their module.
+SET_BY_INIT = frozenset({"linear", "embed", "moe", "sigma_linear"})
+
+
 def runtime_inits(leaf: Leaf) -> list[tuple[str, str]]:
-    """(parameter, Python expression) for `rt.init_`, or [] when the module's own
-    constructor already starts every weight where the IR says (constants, torch's own)."""
-    if not any(w.init[0] in DRAWN for w in leaf.weights):
+    """(parameter, Python expression) for `rt.init_`; [] keeps the module's own init."""
+    if leaf.op not in SET_BY_INIT:
         return []
     out = []
     for w in leaf.weights:
