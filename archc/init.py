@@ -114,50 +114,38 @@ def _graph_writes(graph, block: BlockDef, program: Program, memo: dict[str, int]
 
 def resolve_residual(program: Program) -> Program:
     """Write the model's residual-write count into every residual weight's init."""
-    if not any(isinstance(m, Leaf) and is_residual(m)
-               for block in program.classes.values() for _, mod in block.modules
-               for m in _leaves(mod)):
+    writes = residual_writes(program)
+    if writes == 0:
         return program
-    writes = max(residual_writes(program), 1)
     memo: dict[int, Module] = {}
-    classes = {}
+    classes = dict(program.classes)
     for cls, block in program.classes.items():
         modules = tuple((n, _with_writes(m, writes, memo)) for n, m in block.modules)
-        classes[cls] = block.model_copy(update={"modules": modules})
+        if any(new is not old for (_, new), (_, old) in zip(modules, block.modules)):
+            classes[cls] = block.model_copy(update={"modules": modules})
     return program.model_copy(update={"classes": classes})
 
 
-def _leaves(m: Module):
-    if isinstance(m, Leaf):
-        yield m
-    elif isinstance(m, Group):
-        for _, child in m.children:
-            yield from _leaves(child)
-    elif isinstance(m, Stack):
-        seen: set[int] = set()
-        for item in m.items:
-            if id(item) not in seen:
-                seen.add(id(item))
-                yield from _leaves(item)
-
-
 def _with_writes(m: Module, writes: int, memo: dict[int, Module]) -> Module:
-    """The module with `writes` appended to its residual inits (shared items stay shared)."""
+    """The module with `writes` appended to its residual inits; a subtree without any is
+    returned as it is (and shared items stay shared)."""
     key = id(m)
     if key in memo:
         return memo[key]
-    if isinstance(m, Leaf) and is_residual(m):
-        weights = tuple(w.model_copy(update={"init": w.init[:2] + (writes,)})
-                        if w.init[:1] == ("residual",) else w for w in m.weights)
-        out: Module = m.model_copy(update={"weights": weights})
+    out: Module = m
+    if isinstance(m, Leaf):
+        if is_residual(m):
+            weights = tuple(w.model_copy(update={"init": w.init[:2] + (writes,)})
+                            if w.init[:1] == ("residual",) else w for w in m.weights)
+            out = m.model_copy(update={"weights": weights})
     elif isinstance(m, Group):
-        out = m.model_copy(update={"children": tuple(
-            (n, _with_writes(c, writes, memo)) for n, c in m.children)})
+        children = tuple((n, _with_writes(c, writes, memo)) for n, c in m.children)
+        if any(new is not old for (_, new), (_, old) in zip(children, m.children)):
+            out = m.model_copy(update={"children": children})
     elif isinstance(m, Stack):
-        out = m.model_copy(update={"items": tuple(
-            _with_writes(i, writes, memo) for i in m.items)})
-    else:
-        out = m
+        items = tuple(_with_writes(i, writes, memo) for i in m.items)
+        if any(new is not old for new, old in zip(items, m.items)):
+            out = m.model_copy(update={"items": items})
     memo[key] = out
     return out
 
