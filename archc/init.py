@@ -28,6 +28,7 @@ Weight inits in the IR (`Weight.init`):
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Literal
 
@@ -71,7 +72,10 @@ def choices_hint(error: dict) -> str | None:
         return None
     if str(error["loc"][0]) not in ("init", "out_init"):
         return None
-    return f"init is one of: {', '.join(INITS)}"
+    close = difflib.get_close_matches(str(error.get("input")), INITS, n=1, cutoff=0.6)
+    guess = f"did you mean \"{close[0]}\"? " if close else ""
+    return (f"{guess}init is one of: {', '.join(INITS)} (\"torch\" keeps PyTorch's own "
+            "init, kaiming uniform for a linear)")
 
 
 # ----------------------------------------------------------------------------- depth rule

@@ -26,8 +26,8 @@ IDS = [p.stem for p in SPECS]
 FIXTURES = {
     ("depth_attention", ()): "b8ff6133a9c9716b226f15ad48b36e7d91e20a907737e8527becb78a50f2fdd6",
     ("depth_recurrent", ()): "a978a85d4494d986f3d8e5b3c458cce200d23e0b54ced7b35cc04804e7577be6",
-    ("huginn", ()): "40a5ec1269cdcbbff8281f0cb8bc3744852070fa0c1f21f40e7cb4f33a626685",
-    ("huginn", (("r", 8),)): "c9f622ee95c83918f9da8cf6fe08c066fbb3f52e9f635d7524b80db9c3a8b651",
+    ("huginn", ()): "685c05898137bc34e9e24ae2b508656bd96ad41263f445c0a2fe69a32f90bb89",
+    ("huginn", (("r", 8),)): "c52177b68184d8fdbc3f43729b8ed5f49108e8abf35fde73faa2cd80d7242f2f",
     ("hyper", ()): "2b1047f8a43ea1d908ccd158209e224d7ef8034c9aafd49c3d5fe270c3baa4a4",
     ("raptor", ()): "dd5e98e6fce40e4058bbfa0ff3115e0bc61ddf4907a1c8c37312cec79752cf60",
     ("recurrent_transformer", ()):
