@@ -29,7 +29,6 @@ Weight inits in the IR (`Weight.init`):
 from __future__ import annotations
 
 import difflib
-import math
 from typing import Any, Literal
 
 from .ir import BlockDef, Group, Leaf, Module, Program, Stack, resolve
@@ -191,11 +190,3 @@ def _init_expr(init: tuple) -> str | None:
         return '"zeros"' if value == 0.0 else f'("const", {value!r})'
     return None
 
-
-def effective_std(init: tuple) -> float | None:
-    """The std a normal-family init draws with (tests and reports)."""
-    if init[0] in ("normal", "trunc_normal"):
-        return float(init[1])
-    if init[0] == "residual":
-        return float(init[1]) / math.sqrt(init[2] if len(init) > 2 else 1)
-    return None

@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..init import DEFAULT_STD, InitName, check_std, weight_init
+from ..init import DEFAULT_STD, InitName, check_std, weight_init, zero_bias
 from ..ir import TensorType, Weight, act
 
 
@@ -59,7 +59,7 @@ class InitAttrs(_StdCheck):
     """`init` and `std` of an op's weight matrices; the default is the LM scheme of
     archc/init.py (normal(0, 0.02), zero biases)."""
     init: InitName = "normal"
-    std: float = Field(default=DEFAULT_STD, gt=0)
+    std: float = Field(default=DEFAULT_STD, gt=0, allow_inf_nan=False)
 
 
 class ResidualInitAttrs(_StdCheck):
@@ -67,7 +67,7 @@ class ResidualInitAttrs(_StdCheck):
     stream: by default normal(0, std / sqrt(2 * n_layers)) (see archc/init.py)."""
     init: InitName = "normal"
     out_init: InitName = "residual"
-    std: float = Field(default=DEFAULT_STD, gt=0)
+    std: float = Field(default=DEFAULT_STD, gt=0, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- weights
@@ -403,7 +403,7 @@ class GateAttrs(InitAttrs):
     units: int | None = Field(default=None, gt=0)
     act: Literal["sigmoid", "relu", "tanh", "softmax", "identity"] = "sigmoid"
     bias: bool = False
-    bias_init: float = 0.0
+    bias_init: float = Field(default=0.0, allow_inf_nan=False)
 
 
 @op("gate", GateAttrs,
@@ -726,7 +726,7 @@ def repbn(c, x, a: BatchNormAttrs):
     return c.emit("repbn", [x], x.type, ref=ref, hint="h")
 
 
-class SigmaAttrs(Attrs):
+class SigmaAttrs(InitAttrs):
     out: int = Field(gt=0)
     bias: bool = False
 
@@ -738,9 +738,10 @@ class SigmaAttrs(Attrs):
     stateful=True)
 def sigma_linear(c, x, a: SigmaAttrs):
     d = x.type.width
-    weights = [Weight(name="weight", shape=(a.out, d)), Weight(name="gamma", shape=())]
+    weights = [Weight(name="weight", shape=(a.out, d), init=weight_init(a.init, a.std)),
+               Weight(name="gamma", shape=())]
     if a.bias:
-        weights.append(Weight(name="bias", shape=(a.out,)))
+        weights.append(Weight(name="bias", shape=(a.out,), init=zero_bias(a.init)))
     ref = c.leaf(None, "sigma_linear", {"in": d, "out": a.out, "bias": a.bias}, weights)
     return c.emit("sigma_linear", [x], act(a.out), ref=ref, hint="y")
 
