@@ -82,7 +82,7 @@ def test_other_inits_draw_as_declared():
     assert torch.equal(p["gated_mix.gate.bias"], torch.full((256,), 2.0))
 
 
-def _residual_init(spec, cls_suffix=""):
+def _residual_init(spec):
     """(q init, o init, down init) in the IR of the transformer's first layer."""
     program = spec.program
     layer = next(b for c, b in program.classes.items() if c != program.root)
