@@ -297,6 +297,7 @@ def _run(args, parser) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{spec.name}.py").write_text(source)
     t1 = time.perf_counter()
+    torch.manual_seed(args.seed)  # the seed fixes the weights, then (again) the batch
     model = api.build(spec)
     t2 = time.perf_counter()
     torch.manual_seed(args.seed)

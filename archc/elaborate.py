@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from . import names, scalar, syntax as S
 from .errors import ArchcError, Span, fail
+from .init import DEFAULT_STD, choices_hint, resolve_residual, weight_init, zero_bias
 from .ir import (TOKENS, BlockDef, broadcast, BlockInst, Count, Graph, Group, Leaf, Module, Node,
                  ParamInfo, Program, Ref, Stack, TensorType, Weight, act)
 from .analysis.scan import plan_scan
@@ -326,6 +327,7 @@ class Elaborator:
         program = Program(name=self.model.name, file=self.model.span.file if self.model.span
                           else "<spec>", params=self.param_info, classes=self.classes,
                           root=cls, rope=tuple(sorted(self.rope)))
+        program = resolve_residual(program)  # residual projections' std from the depth
         self._check_params(program)
         return program
 
@@ -1090,7 +1092,8 @@ class ClassBuilder:
                 fail(f"`{opdef.name}` needs `{name}=`", span,
                      f"e.g. {opdef.name}(x, {name}=...)", code="A032")
             fail(f"`{opdef.name}` argument `{name}`: {first['msg'].lower()} (got {_show(got)})",
-                 spans.get(name, span), f"`{opdef.name}`: {opdef.doc}", code="A031")
+                 spans.get(name, span), choices_hint(first) or f"`{opdef.name}`: {opdef.doc}",
+                 code="A031")
 
     def materialize(self, inst: Inst, module: Module, span: Span | None) -> None:
         """Place an instance's weights on first call; later calls must match them."""
@@ -1588,21 +1591,23 @@ class OpCtx:
         return self.cb.binary(op, x, y, self.span)
 
     def linear(self, x: TensorVal, name: str | None, out: int, bias: bool, hint: str = "y",
-               bias_init: float | None = None) -> TensorVal:
+               bias_init: float | None = None, init: str = "normal",
+               std: float = DEFAULT_STD) -> TensorVal:
         d = x.type.width
+        w_init = weight_init(init, std)
+        b_init = ("const", bias_init) if bias_init is not None else zero_bias(init)
         if self.sigma:  # sigma-Reparam: the op asked for spectrally reparameterized weights
-            weights = [Weight(name="weight", shape=(out, d)), Weight(name="gamma", shape=())]
+            weights = [Weight(name="weight", shape=(out, d), init=w_init),
+                       Weight(name="gamma", shape=())]
             if bias:
-                weights.append(Weight(name="bias", shape=(out,)))
+                weights.append(Weight(name="bias", shape=(out,), init=b_init))
             ref = self.leaf(name, "sigma_linear", {"in": d, "out": out, "bias": bias}, weights)
             return self.emit("sigma_linear", [x], TensorType(shape=x.type.shape[:-1] + (out,)),
                              ref=ref, hint=hint)
-        weights = [Weight(name="weight", shape=(out, d))]
+        weights = [Weight(name="weight", shape=(out, d), init=w_init)]
         args = {"in": d, "out": out, "bias": bias}
         if bias:
-            weights.append(Weight(name="bias", shape=(out,),
-                                  init=("const", bias_init) if bias_init is not None
-                                  else ("default",)))
+            weights.append(Weight(name="bias", shape=(out,), init=b_init))
             if bias_init is not None:
                 args["bias_init"] = bias_init
         ref = self.leaf(name, "linear", args, weights)

@@ -8,9 +8,10 @@ comments, names, or the params and expressions that led to the same shapes.
 What the hash covers (a change to any of these changes it):
 - every op in program order with its inputs (by dataflow position), output types, and
   options (an attention's heads, a norm's eps, a scale factor, an init value);
-- the weight tree: which ops own weights, their shapes and inits, how instances are grouped
-  and stacked, and which applications share a weight (sharing is part of the dataflow:
-  two calls naming one instance, or a stack indexed per iteration);
+- the weight tree: which ops own weights, their shapes and inits (`init=`/`std=` options,
+  and the residual-write count the default scheme scales by, see archc/init.py), how
+  instances are grouped and stacked, and which applications share a weight (sharing is
+  part of the dataflow: two calls naming one instance, or a stack indexed per iteration);
 - loops: kind (`for` / `loop`), trip count, a run-time count's expression, default and
   max, halting rules; block calls (by the callee's own hash), per-iteration adapters, and
   run-time scalars (`scale(x, by=1 / (i + 1))`, schedules over the training step, a

@@ -99,6 +99,38 @@ def linear(d_in: int, d_out: int, bias: bool = True, bias_init: float | None = N
     return layer
 
 
+def init_(module: nn.Module, **inits) -> nn.Module:
+    """Start a freshly built module's parameters where its spec says (archc/init.py):
+    `weight=("normal", 0.02)`, `("trunc_normal", std)`, `"xavier"`, `"zeros"` or
+    `("const", v)`, drawn in the order given from torch's generator, so
+    `torch.manual_seed(s)` before building gives the same weights. A module whose other
+    state derives from its weights (SigmaLinear's gamma) recomputes it. Returns the module."""
+    with torch.no_grad():
+        for name, how in inits.items():
+            _init_param(module.get_parameter(name), how)
+    after = getattr(module, "after_init", None)
+    if after is not None:
+        after()
+    return module
+
+
+def _init_param(p: torch.Tensor, how) -> None:
+    kind, *args = (how,) if isinstance(how, str) else how
+    if kind == "normal":
+        p.normal_(0.0, args[0])
+    elif kind == "trunc_normal":
+        p.copy_(trunc_normal_like(p, args[0]))
+    elif kind == "zeros":
+        p.zero_()
+    elif kind == "const":
+        p.fill_(args[0])
+    elif kind == "xavier":
+        for matrix in p.view(-1, *p.shape[-2:]) if p.dim() > 2 else (p,):
+            nn.init.xavier_uniform_(matrix)  # per expert matrix, not across experts
+    else:
+        raise ValueError(f"unknown init {how!r}")
+
+
 class LoRA(nn.Module):
     """Low-rank update B(A x) * scale; B starts at zero so the adapted model starts equal
     to the shared one."""
@@ -897,10 +929,17 @@ class SigmaLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(d_out, d_in))
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
         self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+        self.register_buffer("u", torch.empty(d_in))
+        self.gamma = nn.Parameter(torch.empty(()))
+        self.after_init()
+
+    def after_init(self) -> None:
+        """u and gamma from the current W: gamma = sigma(W) so W_hat = W (rt.init_ calls
+        this again after it sets W)."""
         with torch.no_grad():
             _, s, vh = torch.linalg.svd(self.weight, full_matrices=False)
-        self.register_buffer("u", vh[0].clone())
-        self.gamma = nn.Parameter(s[0].clone())
+            self.u.copy_(vh[0])
+            self.gamma.copy_(s[0])
 
     def sigma(self) -> torch.Tensor:
         if self.training:

@@ -261,9 +261,7 @@ def main(argv=None) -> int:
     every = args.every if args.every is not None else max(1, args.steps // 8)
     params = dict(vocab=data.vocab, d=64, depth=4, heads=8, hidden=172,
                   loop_heads=1, loops=1, start=start, every=every)
-    model = archc.build(str(SPEC), **params)
-    with torch.no_grad():   # nn.Embedding's N(0, 1) init makes the tied head's logits ~10x too big
-        model.emb.weight.normal_(0.0, 0.02)
+    model = archc.build(str(SPEC), **params)  # archc's LM init: starts near ln(vocab)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"sgt {params}")
     print(f"{n_params:,} parameters; corpus {len(CORPUS)} chars, vocab {data.vocab}, "

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..init import DEFAULT_STD, InitName, check_std, weight_init, zero_bias
 from ..ir import TensorType, Weight, act
 
 
@@ -47,9 +48,31 @@ class NoAttrs(Attrs):
     pass
 
 
+class _StdCheck(Attrs):
+    @field_validator("std", check_fields=False)
+    @classmethod
+    def _std_used(cls, std, info):
+        return check_std(std, [info.data[f] for f in ("init", "out_init") if f in info.data])
+
+
+class InitAttrs(_StdCheck):
+    """`init` and `std` of an op's weight matrices; the default is the LM scheme of
+    archc/init.py (normal(0, 0.02), zero biases)."""
+    init: InitName = "normal"
+    std: float = Field(default=DEFAULT_STD, gt=0, allow_inf_nan=False)
+
+
+class ResidualInitAttrs(_StdCheck):
+    """InitAttrs plus `out_init` for the output projection that writes into the residual
+    stream: by default normal(0, std / sqrt(2 * n_layers)) (see archc/init.py)."""
+    init: InitName = "normal"
+    out_init: InitName = "residual"
+    std: float = Field(default=DEFAULT_STD, gt=0, allow_inf_nan=False)
+
+
 # --------------------------------------------------------------------------- weights
 
-class EmbedAttrs(Attrs):
+class EmbedAttrs(InitAttrs):
     vocab: int = Field(gt=0)
     dim: int = Field(gt=0)
     scale: float = 1.0
@@ -61,14 +84,15 @@ def embed(c, tokens, a: EmbedAttrs):
     if tokens.type.dtype != "long":
         c.fail("embed reads token ids, not activations", "call it on `tokens`")
     ref = c.leaf(None, "embed", {"vocab": a.vocab, "dim": a.dim},
-                 [Weight(name="weight", shape=(a.vocab, a.dim), init=("normal", 1.0))])
+                 [Weight(name="weight", shape=(a.vocab, a.dim),
+                         init=weight_init(a.init, a.std))])
     x = c.emit("embed", [tokens], act(a.dim), ref=ref, hint="x")
     if a.scale != 1.0:
         x = c.emit("scale", [x], x.type, {"by": a.scale}, hint="x")
     return x
 
 
-class LinearAttrs(Attrs):
+class LinearAttrs(InitAttrs):
     out: int = Field(gt=0)
     bias: bool = False
     sigma: bool = False
@@ -76,7 +100,7 @@ class LinearAttrs(Attrs):
 
 @op("linear", LinearAttrs, "y = x W^T (+ b)", stateful=True)
 def linear(c, x, a: LinearAttrs):
-    return c.linear(x, None, a.out, a.bias)
+    return c.linear(x, None, a.out, a.bias, init=a.init, std=a.std)
 
 
 class NormAttrs(Attrs):
@@ -98,7 +122,7 @@ def layernorm(c, x, a: LayerNormAttrs):
     return c.norm(x, None, "layernorm", a.eps, bias=a.bias)
 
 
-class LmHeadAttrs(Attrs):
+class LmHeadAttrs(InitAttrs):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
     vocab: int | None = Field(default=None, gt=0)
     tied: Any = None
@@ -109,6 +133,10 @@ class LmHeadAttrs(Attrs):
 def lm_head(c, x, a: LmHeadAttrs):
     if a.tied is not None:
         ref, emb = c.tied_embed(a.tied)
+        for option in ("init", "std"):
+            if option in a.model_fields_set:
+                c.fail(f"a tied head has no weights of its own to `{option}`",
+                       "set it on the embed it is tied to", at=option)
         if a.vocab is not None and a.vocab != emb["vocab"]:
             c.fail(f"vocab={a.vocab} but the tied embed has vocab {emb['vocab']}",
                    "drop `vocab`; a tied head takes it from the embed", at="vocab")
@@ -119,10 +147,10 @@ def lm_head(c, x, a: LmHeadAttrs):
     if a.vocab is None:
         c.fail("lm_head needs `vocab=` or `tied=`", "write lm_head(x, tied=emb) to share the "
                "embedding, or lm_head(x, vocab=V)")
-    return c.linear(x, None, a.vocab, False, hint="logits")
+    return c.linear(x, None, a.vocab, False, hint="logits", init=a.init, std=a.std)
 
 
-class AttentionAttrs(Attrs):
+class AttentionAttrs(ResidualInitAttrs):
     heads: int = Field(gt=0)
     kv_heads: int | None = Field(default=None, gt=0)
     head_dim: int | None = Field(default=None, gt=0)
@@ -177,7 +205,7 @@ def attention(c, x, a: AttentionAttrs):
     own = src is None or a.kv_p is not None
     table = c.rope_table(dh, a.rope_theta) if a.rope else None
 
-    q = c.linear(x, "q", a.heads * dh, a.bias, hint="q")
+    q = c.linear(x, "q", a.heads * dh, a.bias, hint="q", init=a.init, std=a.std)
     q = c.emit("heads", [q], TensorType(shape=("B", a.heads, "T", dh)), {"n": a.heads}, hint="q")
     if a.qk_bias:
         q = c.bias(q, "q_bias", (a.heads, 1, dh))
@@ -187,8 +215,8 @@ def attention(c, x, a: AttentionAttrs):
         q = c.emit("rope", [q], q.type, {"table": table}, hint="q")
     fields = {"q": q}
     if own:
-        k = c.linear(x, "k", kv * dh, a.bias, hint="k")
-        v = c.linear(x, "v", kv * dh, a.bias, hint="v")
+        k = c.linear(x, "k", kv * dh, a.bias, hint="k", init=a.init, std=a.std)
+        v = c.linear(x, "v", kv * dh, a.bias, hint="v", init=a.init, std=a.std)
         k = c.emit("heads", [k], kv_type, {"n": kv}, hint="k")
         v = c.emit("heads", [v], kv_type, {"n": kv}, hint="v")
         if a.qk_bias:
@@ -213,7 +241,7 @@ def attention(c, x, a: AttentionAttrs):
                {"causal": a.causal, "gqa": kv != a.heads, "alibi": a.alibi}, hint="a")
     fields.update(k_all=k, v_all=v, heads=o)
     o = c.emit("merge_heads", [o], act(a.heads * dh), hint="a")
-    out = c.linear(o, "o", d, a.bias, hint="a")
+    out = c.linear(o, "o", d, a.bias, hint="a", init=a.out_init, std=a.std)
     return c.fields(out, **fields)
 
 
@@ -233,9 +261,9 @@ def _own_output_attention(c, x, a: AttentionAttrs, dh: int):
                    at=name)
     d = x.type.width
     heads = TensorType(shape=("B", a.heads, "T", dh))
-    q = c.linear(x, "q", d, a.bias, hint="q")
-    k = c.linear(x, "k", d, a.bias, hint="k")
-    v = c.linear(x, "v", d, a.bias, hint="v")
+    q = c.linear(x, "q", d, a.bias, hint="q", init=a.init, std=a.std)
+    k = c.linear(x, "k", d, a.bias, hint="k", init=a.init, std=a.std)
+    v = c.linear(x, "v", d, a.bias, hint="v", init=a.init, std=a.std)
     q = c.emit("heads", [q], heads, {"n": a.heads}, hint="q")
     k = c.emit("heads", [k], heads, {"n": a.heads}, hint="k")
     v = c.emit("heads", [v], heads, {"n": a.heads}, hint="v")
@@ -245,7 +273,7 @@ def _own_output_attention(c, x, a: AttentionAttrs, dh: int):
     o = c.emit("attend", [q, k, v], heads,
                {"causal": True, "gqa": False, "alibi": a.alibi, "past": "output"}, hint="a")
     o = c.emit("merge_heads", [o], act(d), hint="a")
-    out = c.linear(o, "o", d, a.bias, hint="a")
+    out = c.linear(o, "o", d, a.bias, hint="a", init=a.out_init, std=a.std)
     return c.fields(out, q=q, k=k, v=v)
 
 
@@ -295,7 +323,7 @@ def _value_edges(c, q, k, v, kv_type: TensorType):
     return v
 
 
-class SwigluAttrs(Attrs):
+class SwigluAttrs(ResidualInitAttrs):
     hidden: int = Field(gt=0)
     sigma: bool = False
 
@@ -303,14 +331,14 @@ class SwigluAttrs(Attrs):
 @op("swiglu", SwigluAttrs, "down(silu(gate(x)) * up(x))", stateful=True)
 def swiglu(c, x, a: SwigluAttrs):
     d = x.type.width
-    g = c.linear(x, "gate", a.hidden, False, hint="g")
-    u = c.linear(x, "up", a.hidden, False, hint="u")
+    g = c.linear(x, "gate", a.hidden, False, hint="g", init=a.init, std=a.std)
+    u = c.linear(x, "up", a.hidden, False, hint="u", init=a.init, std=a.std)
     g = c.emit("silu", [g], g.type, hint="g")
     h = c.emit("mul", [g, u], g.type, hint="m")
-    return c.linear(h, "down", d, False, hint="m")
+    return c.linear(h, "down", d, False, hint="m", init=a.out_init, std=a.std)
 
 
-class MlpAttrs(Attrs):
+class MlpAttrs(ResidualInitAttrs):
     hidden: int = Field(gt=0)
     act: Literal["gelu", "relu", "silu"] = "gelu"
     bias: bool = False
@@ -320,9 +348,10 @@ class MlpAttrs(Attrs):
 
 @op("mlp", MlpAttrs, "down(act(up(x))), act gelu by default", stateful=True)
 def mlp(c, x, a: MlpAttrs):
-    h = c.linear(x, "up", a.hidden, a.bias, hint="m")
+    h = c.linear(x, "up", a.hidden, a.bias, hint="m", init=a.init, std=a.std)
     h = c.emit(a.act, [h], h.type, hint="m")
-    return c.linear(h, "down", a.out or x.type.width, a.bias, hint="m")
+    return c.linear(h, "down", a.out or x.type.width, a.bias, hint="m", init=a.out_init,
+                    std=a.std)
 
 
 class LayerScaleAttrs(Attrs):
@@ -350,7 +379,7 @@ def scalar(c, x, a: ScalarAttrs):
     return c.emit("scalar", [x], x.type, ref=ref, hint="x")
 
 
-class GatedMixAttrs(Attrs):
+class GatedMixAttrs(InitAttrs):
     bias: float = 2.0
 
 
@@ -363,16 +392,18 @@ def gated_mix(c, h, f, a: GatedMixAttrs):
         c.fail(f"width mismatch: gated_mix of {h.type.width} and {f.type.width}",
                "the state and the update must have the same width")
     both = c.emit("concat", [h, f], act(2 * d), hint="hf")
-    g = c.linear(both, "gate", d, True, hint="g", bias_init=a.bias)
+    g = c.linear(both, "gate", d, True, hint="g", bias_init=a.bias, init=a.init,
+                 std=a.std)
     g = c.emit("sigmoid", [g], g.type, hint="g")
     return c.emit("lerp", [f, h, g], h.type, hint="h")
 
 
-class GateAttrs(Attrs):
+class GateAttrs(InitAttrs):
     per: Literal["head", "channel", "token"] = "channel"
     units: int | None = Field(default=None, gt=0)
     act: Literal["sigmoid", "relu", "tanh", "softmax", "identity"] = "sigmoid"
     bias: bool = False
+    bias_init: float = Field(default=0.0, allow_inf_nan=False)
 
 
 @op("gate", GateAttrs,
@@ -389,7 +420,11 @@ def gate(c, x, a: GateAttrs):
             c.fail(f"a per-{a.per} gate needs `units=`",
                    "the number of heads (per head) or channels (per channel)", at="units")
         units = a.units
-    g = c.linear(x, None, units, a.bias, hint="g")
+    if "bias_init" in a.model_fields_set and not a.bias:
+        c.fail("bias_init sets the gate's bias, and this gate has none", "add bias=true",
+               at="bias_init")
+    g = c.linear(x, None, units, a.bias, hint="g", init=a.init, std=a.std,
+                 bias_init=a.bias_init if a.bias_init != 0.0 else None)
     if a.act == "softmax":
         g = c.emit("softmax_scaled", [g], g.type, hint="g")
     elif a.act != "identity":
@@ -577,7 +612,7 @@ def horn(c, x, a: HornAttrs):
     return c.emit("horn", [x], x.type, {"dc": a.dc}, hint="x")
 
 
-class MoeAttrs(Attrs):
+class MoeAttrs(ResidualInitAttrs):
     experts: int = Field(gt=0)
     k: int = Field(default=2, gt=0)
     hidden: int = Field(gt=0)
@@ -600,9 +635,12 @@ def moe(c, x, a: MoeAttrs):
     ref = c.leaf(None, "moe", {"dim": d, "experts": a.experts, "hidden": a.hidden, "k": a.k,
                                "capacity": a.capacity, "eval_capacity": a.eval_capacity,
                                "act": a.act, "noise": a.noise},
-                 [Weight(name="router", shape=(a.experts, d)),
-                  Weight(name="w_in", shape=(a.experts, a.hidden, d)),
-                  Weight(name="w_out", shape=(a.experts, d, a.hidden))])
+                 [Weight(name="router", shape=(a.experts, d),
+                         init=weight_init(a.init, a.std)),
+                  Weight(name="w_in", shape=(a.experts, a.hidden, d),
+                         init=weight_init(a.init, a.std)),
+                  Weight(name="w_out", shape=(a.experts, d, a.hidden),
+                         init=weight_init(a.out_init, a.std))])
     return c.emit("moe", [x], x.type, {"k": a.k, "hidden": a.hidden}, ref=ref, hint="m")
 
 
@@ -688,7 +726,7 @@ def repbn(c, x, a: BatchNormAttrs):
     return c.emit("repbn", [x], x.type, ref=ref, hint="h")
 
 
-class SigmaAttrs(Attrs):
+class SigmaAttrs(InitAttrs):
     out: int = Field(gt=0)
     bias: bool = False
 
@@ -700,9 +738,10 @@ class SigmaAttrs(Attrs):
     stateful=True)
 def sigma_linear(c, x, a: SigmaAttrs):
     d = x.type.width
-    weights = [Weight(name="weight", shape=(a.out, d)), Weight(name="gamma", shape=())]
+    weights = [Weight(name="weight", shape=(a.out, d), init=weight_init(a.init, a.std)),
+               Weight(name="gamma", shape=())]
     if a.bias:
-        weights.append(Weight(name="bias", shape=(a.out,)))
+        weights.append(Weight(name="bias", shape=(a.out,), init=zero_bias(a.init)))
     ref = c.leaf(None, "sigma_linear", {"in": d, "out": a.out, "bias": a.bias}, weights)
     return c.emit("sigma_linear", [x], act(a.out), ref=ref, hint="y")
 
@@ -733,7 +772,7 @@ def ds_linear(c, x, a: DsAttrs):
     return c.emit("ds_linear", [x], act(a.out), ref=ref, hint="y")
 
 
-class SlaAttrs(Attrs):
+class SlaAttrs(ResidualInitAttrs):
     heads: int = Field(gt=0)
     kernel: int = Field(default=5, gt=0)
 
@@ -748,9 +787,10 @@ def linear_attention(c, x, a: SlaAttrs):
         c.fail(f"{a.heads} heads do not divide width {d}", "pick a divisor", at="heads")
     dh = d // a.heads
     heads = TensorType(shape=("B", a.heads, "T", dh))
-    q = c.emit("relu", [c.linear(x, "q", d, False, hint="q")], act(d), hint="q")
-    k = c.emit("relu", [c.linear(x, "k", d, False, hint="k")], act(d), hint="k")
-    v = c.linear(x, "v", d, False, hint="v")
+    w = {"init": a.init, "std": a.std}
+    q = c.emit("relu", [c.linear(x, "q", d, False, hint="q", **w)], act(d), hint="q")
+    k = c.emit("relu", [c.linear(x, "k", d, False, hint="k", **w)], act(d), hint="k")
+    v = c.linear(x, "v", d, False, hint="v", **w)
     q = c.emit("heads", [q], heads, {"n": a.heads}, hint="q")
     k = c.emit("heads", [k], heads, {"n": a.heads}, hint="k")
     v = c.emit("heads", [v], heads, {"n": a.heads}, hint="v")
@@ -760,7 +800,7 @@ def linear_attention(c, x, a: SlaAttrs):
     o = c.emit("linear_attend", [q, k, v], heads, hint="o")
     o = c.binary("add", o, c.emit("dwconv", [v], heads, ref=conv, hint="o"))
     o = c.emit("merge_heads", [o], act(d), hint="a")
-    return c.linear(o, "o", d, False, hint="a")
+    return c.linear(o, "o", d, False, hint="a", init=a.out_init, std=a.std)
 
 
 # --------------------------------------------------------------------------- stateless

@@ -53,6 +53,7 @@ def test_params_equal_the_built_module(path):
 @pytest.mark.parametrize("path", SPECS, ids=IDS)
 def test_flops_equal_torch_flop_counter_exactly(path):
     spec = archc.load(path)
+    torch.manual_seed(0)  # the weights decide how many tokens an MoE's capacity drops
     model = archc.build(spec)
     torch.manual_seed(0)
     attention = []

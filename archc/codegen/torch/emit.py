@@ -17,6 +17,7 @@ from ... import __version__
 from ...errors import source_line
 from ...ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program, Ref, Stack,
                    class_order)
+from ...init import runtime_inits
 from ...names import is_generated
 from ... import scalar
 from ...ops import PRIMS
@@ -117,7 +118,7 @@ def _module_expr(m: Module, indent: str) -> str:
     if isinstance(m, BlockInst):
         return f"{m.cls}({', '.join(f'{k}={v!r}' for k, v in m.args)})"
     if isinstance(m, Leaf):
-        return _leaf_expr(m)
+        return _initialised(m, _leaf_expr(m))
     if isinstance(m, Group):
         if not m.children:
             return "nn.ModuleDict()"
@@ -193,6 +194,14 @@ def _leaf_expr(leaf: Leaf) -> str:
         args = [_arg(a[k]) for k in positional] + [f"{k}={_arg(a[k])}" for k in keywords]
         return f"{cls}({', '.join(args)})"
     raise AssertionError(f"no module for leaf op {op}")
+
+
+def _initialised(leaf: Leaf, expr: str) -> str:
+    """The leaf's module, passed through rt.init_ where the IR draws its weights."""
+    inits = runtime_inits(leaf)
+    if not inits:
+        return expr
+    return f"rt.init_({expr}, {', '.join(f'{name}={how}' for name, how in inits)})"
 
 
 def _span_comment(m: Module) -> str:
