@@ -193,8 +193,12 @@ class Halting:
         self.active = self.active & (delta > self.tol * size)
         return new
 
-    def done(self) -> bool:
-        return not bool(self.active.any())
+    def done(self, cache: "KVCache | None" = None) -> bool:
+        """Whether the loop may stop: once no position moves, unless the loop fills a KV
+        cache. Then it runs every iteration, so a halted position's later slots hold the
+        keys and values of its frozen state (what a loop that kept computing stores) and
+        decoding reads the same slots as the prefill of the whole sequence."""
+        return cache is None and not bool(self.active.any())
 
 
 # ----------------------------------------------------------------------------- attention
@@ -327,6 +331,14 @@ def no_incremental_decoding(cache: "KVCache | None", ops: str) -> None:
     if cache is not None and cache.pos > 0:
         raise NotImplementedError(f"incremental decoding is not supported for {ops}; "
                                   "run the whole sequence without a cache")
+
+
+def refuse_cache(message: str, where: tuple | None, hint: str, code: str = "A060"):
+    """new_cache of a model that cannot decode incrementally: an archc error at the spec
+    line that rules it out (see archc/passes/kvplan.py, decode_blockers)."""
+    from .errors import ArchcError, Span
+
+    raise ArchcError(message, Span(*where) if where else None, hint, code)
 
 
 def cache_start(cache: "KVCache | None") -> int:

@@ -21,7 +21,7 @@ from ...names import is_generated
 from ... import scalar
 from ...ops import PRIMS
 from ...analysis.scan import plan_scan
-from ...passes.kvplan import slot_count
+from ...passes.kvplan import decode_blockers, slot_count
 
 INDENT = "    "
 # weightless ops whose output is a fresh activation as large as their inputs: dead locals
@@ -439,6 +439,7 @@ class _Forward:
             f"{INDENT}def new_cache(self, batch: int, max_len: int):",
             f'{ind}"""A KV cache for incremental decoding: {len(layout)} slots, '
             f'{per_token} bytes per token in float32."""',
+        ] + _refuse_cache(self.cls.program, ind) + [
             f"{ind}p = next(self.parameters())",
             f"{ind}layout = {layout}",
             f"{ind}return rt.KVCache(layout, batch, max_len, dtype=p.dtype, device=p.device)",
@@ -605,7 +606,8 @@ class _Forward:
             self.region_of[out] = self.region
         if halt is not None:
             self.lines.append(f"{ind}{INDENT}{state} = {halter}.update({prev}, {state})")
-            self.lines.append(f"{ind}{INDENT}if {halter}.done():")
+            fills = "cache" if _fills_cache(body) else ""  # then it runs every iteration
+            self.lines.append(f"{ind}{INDENT}if {halter}.done({fills}):")
             self.lines.append(f"{ind}{INDENT * 2}break")
         self.span_line = None
 
@@ -641,6 +643,25 @@ _NO_CACHE = {"linear_attend", "dwconv"}
 
 def _uses_op(program: Program, op: str) -> bool:
     return any(n.op == op for b in program.classes.values() for n in _walk(b.graph))
+
+
+def _refuse_cache(program: Program, ind: str) -> list[str]:
+    """new_cache raises for a model that cannot decode incrementally (kvplan says why);
+    spec text (the file name) reaches the code only as a string literal (repr)."""
+    blockers = decode_blockers(program)
+    if not blockers:
+        return []
+    first = blockers[0]
+    span = first.span
+    where = repr((span.file, span.line, span.col, span.end_line, span.end_col)) \
+        if span else "None"
+    return [f"{ind}rt.refuse_cache(", f"{ind}{INDENT}{first.message!r},",
+            f"{ind}{INDENT}{where},", f"{ind}{INDENT}{first.hint!r})"]
+
+
+def _fills_cache(graph: Graph) -> bool:
+    """Does a loop body store keys/values in KV-cache slots (kvplan numbered them)?"""
+    return any(n.attr("slot") is not None for n in _walk(graph))
 
 
 def _slot_uses_var(node: Node, var: str) -> bool:
