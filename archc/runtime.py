@@ -284,6 +284,7 @@ class KVCache:
         self.batch = batch
         self.max_len = max_len
         self.pos = 0
+        self.params: dict[str, int] | None = None  # the run-time params it was filled with
         self.k = [torch.zeros(batch, h, max_len, dh, dtype=dtype, device=device)
                   for h, dh in self.layout]
         self.v = [torch.zeros(batch, h, max_len, dh, dtype=dtype, device=device)
@@ -314,8 +315,28 @@ class KVCache:
     def read(self, slot: int, end: int):
         return self.k[slot][:, :, :end], self.v[slot][:, :, :end]
 
+    def keep_params(self, params: dict[str, int]) -> None:
+        """Record the run-time params (loop counts) of the first call; refuse other values
+        later. The cached keys and values belong to those counts: a bigger count would read
+        slots never filled, a smaller one mix states of two depths (layers after the loop
+        cached keys of the deeper state)."""
+        if self.pos == 0 or self.params is None:
+            self.params = dict(params)
+            return
+        from .errors import ArchcError
+
+        for name, value in params.items():
+            was = self.params.get(name, value)
+            if value != was:
+                raise ArchcError(
+                    f"run-time param {name}={value}, but this KV cache was filled with "
+                    f"{name}={was}: its keys and values belong to that count",
+                    hint=f"decode with {name}={was}, or start over with cache.reset() "
+                         "or a new cache", code="A061")
+
     def reset(self) -> None:
         self.pos = 0
+        self.params = None
 
 
 def kv_cache(cache: "KVCache | None", slot: int, k, v):
@@ -331,6 +352,12 @@ def no_incremental_decoding(cache: "KVCache | None", ops: str) -> None:
     if cache is not None and cache.pos > 0:
         raise NotImplementedError(f"incremental decoding is not supported for {ops}; "
                                   "run the whole sequence without a cache")
+
+
+def cache_params(cache: "KVCache | None", params: dict[str, int]) -> None:
+    """Every call with a cache passes its run-time params (see KVCache.keep_params)."""
+    if cache is not None:
+        cache.keep_params(params)
 
 
 def refuse_cache(message: str, where: tuple | None, hint: str, code: str = "A060"):

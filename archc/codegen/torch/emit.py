@@ -463,10 +463,19 @@ class _Forward:
         if "cache" in self.ctx_args:
             lines.append(f"{ind}start = rt.cache_start(cache)")
             start = ", start"
+            lines += self._cache_params(ind)
         for name, attr in self.cls.rotary_attrs().items():
             if name in self.ctx_args:
                 lines.append(f"{ind}{name} = self.{attr}({tokens}.shape[1]{start})")
         return lines
+
+    def _cache_params(self, ind: str) -> list[str]:
+        """The cache keeps the run-time params it is filled with and refuses others."""
+        params = [p for p in self.ctx_args if p in self.cls.program.params and p != "step"]
+        if not params:
+            return []
+        items = ", ".join(f"{p!r}: {p}" for p in params)
+        return [f"{ind}rt.cache_params(cache, {{{items}}})"]
 
     def _max_of(self, param: str) -> int:
         best = 0
