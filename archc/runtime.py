@@ -796,19 +796,21 @@ class MoE(nn.Module):
     """Top-k mixture of experts with capacity (token dropping) and a load-balance loss.
 
     Each token goes to its k most probable experts, weighted by its router probabilities
-    renormalised over those k. Expert e takes at most ceil(capacity * N * k / E) of the N
-    tokens: first choices claim places before second choices, earlier tokens before later
-    ones; the rest are dropped for that expert. Every call appends its load-balance loss
+    renormalised over those k. In training expert e takes at most ceil(capacity * N * k / E)
+    of the N tokens: first choices claim places before second choices, earlier tokens
+    before later ones; the rest are dropped for that expert. In eval nothing is dropped
+    (as inference engines route): a token's output must not depend on how many tokens
+    share its call, or cached decoding would differ from the prefill. Every call appends
+    its load-balance loss
     E * sum_e f_e * P_e (f_e: share of first choices, P_e: mean router probability) to
     `self.aux`, so a shared MoE applied L times contributes L terms to model.aux_loss().
     """
 
     def __init__(self, dim: int, experts: int, hidden: int, k: int = 2,
-                 capacity: float = 1.25, eval_capacity: float = 2.0, act: str = "gelu",
-                 noise: float = 0.0):
+                 capacity: float = 1.25, act: str = "gelu", noise: float = 0.0):
         super().__init__()
         self.experts, self.k, self.act = experts, k, act
-        self.capacity, self.eval_capacity, self.noise = capacity, eval_capacity, noise
+        self.capacity, self.noise = capacity, noise
         self.router = nn.Parameter(torch.empty(experts, dim))
         self.w_in = nn.Parameter(torch.empty(experts, hidden, dim))
         self.w_out = nn.Parameter(torch.empty(experts, dim, hidden))
@@ -826,8 +828,7 @@ class MoE(nn.Module):
         probs = torch.softmax(logits, dim=-1)
         gate, index = probs.topk(self.k, dim=-1)
         gate = gate / gate.sum(-1, keepdim=True)
-        factor = self.capacity if self.training else self.eval_capacity
-        cap = math.ceil(factor * n * self.k / e)
+        cap = math.ceil(self.capacity * n * self.k / e) if self.training else n
         onehot = F.one_hot(index, e)                                  # [n, k, e]
         order = onehot.transpose(0, 1).reshape(self.k * n, e)          # choices first
         place = ((order.cumsum(0) - 1) * order).sum(-1).view(self.k, n).t()

@@ -582,23 +582,24 @@ class MoeAttrs(Attrs):
     k: int = Field(default=2, gt=0)
     hidden: int = Field(gt=0)
     capacity: float = Field(default=1.25, gt=0)
-    eval_capacity: float = Field(default=2.0, gt=0)
     act: Literal["gelu", "relu", "silu"] = "gelu"
     noise: float = Field(default=0.0, ge=0)
 
 
 @op("moe", MoeAttrs,
     "mixture of experts: a router sends each token to its top-k of `experts` MLPs, "
-    "weighted by its renormalised router probabilities; each expert takes at most "
-    "capacity * tokens * k / experts tokens (the rest are dropped, first choices first); "
-    "the load-balance loss of every application adds up in model.aux_loss()",
+    "weighted by its renormalised router probabilities; in training each expert takes at "
+    "most capacity * tokens * k / experts tokens (the rest are dropped, first choices "
+    "first); in eval no token is dropped, so a token's output does not depend on the "
+    "other tokens of its call (decoding equals the prefill); the load-balance loss of "
+    "every application adds up in model.aux_loss()",
     stateful=True)
 def moe(c, x, a: MoeAttrs):
     d = x.type.width
     if a.k > a.experts:
         c.fail(f"top-{a.k} of {a.experts} experts", "k <= experts", at="k")
     ref = c.leaf(None, "moe", {"dim": d, "experts": a.experts, "hidden": a.hidden, "k": a.k,
-                               "capacity": a.capacity, "eval_capacity": a.eval_capacity,
+                               "capacity": a.capacity,
                                "act": a.act, "noise": a.noise},
                  [Weight(name="router", shape=(a.experts, d)),
                   Weight(name="w_in", shape=(a.experts, a.hidden, d)),
