@@ -165,6 +165,71 @@ def trunc_normal_like(x: torch.Tensor, std: float, scale: float = 1.0) -> torch.
     return out * scale if scale != 1.0 else out
 
 
+# Counter-based noise: a hash of (seed, absolute position, element) instead of a stream of
+# draws, so a position's noise does not depend on what else shares its call.
+_U32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+
+
+def _mul32(x, c: int):
+    """x * c mod 2^32 for x in [0, 2^32), without overflowing int64 (c split in halves)."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _U32
+
+
+def _fmix32(x):
+    """MurmurHash3's finalizer: a bijection of 32-bit values that mixes every bit. Works on
+    Python ints and on int64 tensors alike."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _seed_key(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        from .errors import ArchcError
+
+        raise ArchcError(f"seed={seed!r}: the seed of init_state's noise is an int",
+                         hint="e.g. m(tokens, seed=0)", code="A062")
+    return _fmix32(_fmix32(seed & _U32) ^ ((seed >> 32) & _U32))
+
+
+def counter_uniform(seed: int, positions: torch.Tensor, n: int) -> torch.Tensor:
+    """[T, n] uniforms in (0, 1), element (t, j) a function of (seed, positions[t], j) only:
+    24 bits of a 32-bit hash, the resolution of a float32 in [0, 1)."""
+    key = _seed_key(seed)
+    row = _fmix32(_fmix32(positions.to(torch.int64) & _U32) ^ key)
+    col = _mul32(torch.arange(1, n + 1, device=positions.device), _GOLDEN)
+    bits = _fmix32(row[:, None] ^ col[None, :])
+    return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def state_noise(x: torch.Tensor, std: float, scale: float = 1.0, seed: int | None = None,
+                start: int = 0, training: bool = False) -> torch.Tensor:
+    """init_state(init="trunc_normal"): N(0, std^2) cut at 3 std, times scale, shaped like x.
+
+    In eval, or with a seed, the noise at absolute position p (start + index along the
+    positions of x, [B, T, ...] or [B, H, T, dh]) is a function of (seed, p) alone, the
+    same in every batch row: two identical calls agree, and decoding with a cache draws
+    what the prefill drew. Eval's default seed is 0. In training without a seed every call
+    draws fresh noise from torch's RNG (a random state per step, as Huginn trains).
+    """
+    if seed is None and training:
+        return trunc_normal_like(x, std, scale)
+    axis = 2 if x.dim() == 4 else 1
+    moved = x.movedim(axis, 1)[0]  # [T, ...] of one batch row
+    t = moved.shape[0]
+    positions = torch.arange(start, start + t, device=x.device)
+    u = counter_uniform(0 if seed is None else seed, positions, moved[0].numel())
+    lo = 0.5 * (1.0 + math.erf(-3.0 / math.sqrt(2.0)))
+    hi = 0.5 * (1.0 + math.erf(3.0 / math.sqrt(2.0)))
+    z = torch.erfinv(2.0 * (lo + (hi - lo) * u) - 1.0) * math.sqrt(2.0)
+    out = (z.clamp(-3.0, 3.0) * (std * scale)).to(x.dtype).view(moved.shape)
+    return out.movedim(0, axis - 1).unsqueeze(0).expand_as(x).contiguous()
+
+
 def check_count(value: int, maximum: int, name: str) -> int:
     if not isinstance(value, int) or not 0 <= value <= maximum:
         raise ValueError(f"{name}={value!r}: a run-time loop count must be an int in "

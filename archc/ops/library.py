@@ -856,8 +856,9 @@ class StateAttrs(Attrs):
 
 
 @op("init_state", StateAttrs,
-    "a fresh loop state shaped like its input: zeros, or a truncated normal (cut at 3 std) "
-    "times `scale`, drawn anew on every forward")
+    "a loop state shaped like its input: zeros, or a truncated normal (cut at 3 std) "
+    "times `scale`; its noise is a function of (seed, absolute position) in eval (seed 0 "
+    "unless m(tokens, seed=...) says) and fresh on every training forward without a seed")
 def init_state(c, x, a: StateAttrs):
     return c.emit("init_state", [x], x.type,
                   {"mode": a.init, "std": a.std, "scale": a.scale}, hint="s")

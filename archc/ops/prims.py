@@ -247,7 +247,8 @@ def _split(a, attrs, mod):
 def _init_state(a, attrs, mod):
     if attrs["mode"] == "zeros":
         return f"torch.zeros_like({a[0]})"
-    return f"rt.trunc_normal_like({a[0]}, std={attrs['std']!r}, scale={attrs['scale']!r})"
+    return (f"rt.state_noise({a[0]}, std={attrs['std']!r}, scale={attrs['scale']!r}, "
+            "seed=seed, start=rt.cache_start(cache), training=self.training)")
 
 
 PRIMS: dict[str, Prim] = {p.name: p for p in [

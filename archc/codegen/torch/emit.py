@@ -88,11 +88,14 @@ class _Context:
                 found |= scalar.free(tree, "param")
             if node.op == "horn":
                 found.add("cache")
+            if node.op == "init_state" and node.attr("mode") != "zeros":
+                found.update(("cache", "seed"))  # noise keyed by (seed, absolute position)
         runtime = [p for p in self.program.params if p in found]
         ropes = sorted(n for n in found if n in self.tables)
         cache = ["cache", "slot"] if self.slots(cls) or "cache" in found or \
             cls == self.program.root else []
-        self._needs[cls] = ropes + runtime + cache
+        seed = ["seed"] if "seed" in found else []
+        self._needs[cls] = ropes + runtime + cache + seed
         return self._needs[cls]
 
     def slots(self, cls: str) -> int:
@@ -404,6 +407,8 @@ class _Forward:
                   if p in self.cls.program.params and p != "step"]
             if "cache" in self.ctx_args:
                 kw.append("cache=None")
+            if "seed" in self.ctx_args:
+                kw.append("seed: int | None = None")  # init_state's noise; eval default 0
             sig = ", ".join(["self"] + args + (["*"] + kw if kw else []))
             out = [f"{INDENT}def forward({sig}):"]
             out += self._prologue(args[0], ind)
