@@ -168,23 +168,16 @@ def trunc_normal_like(x: torch.Tensor, std: float, scale: float = 1.0) -> torch.
 # Counter-based noise: a hash of (seed, absolute position, element) instead of a stream of
 # draws, so a position's noise does not depend on what else shares its call.
 _U32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B  # < 2^27: a 32-bit value times it stays below 2^59, exact in int64
 _GOLDEN = 0x9E3779B9
 
 
-def _mul32(x, c: int):
-    """x * c mod 2^32 for x in [0, 2^32), without overflowing int64 (c split in halves)."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _U32
-
-
-def _fmix32(x):
-    """MurmurHash3's finalizer: a bijection of 32-bit values that mixes every bit. Works on
-    Python ints and on int64 tensors alike."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = _mul32(x, 0xC2B2AE35)
-    return x ^ (x >> 16)
+def _mix32(x):
+    """A 32-bit integer hash (Mueller's: xorshift, multiply, twice) of values in
+    [0, 2^32); exact int64 arithmetic, on Python ints and int64 tensors alike."""
+    x = ((x >> 16) ^ x) * _MIX & _U32
+    x = ((x >> 16) ^ x) * _MIX & _U32
+    return (x >> 16) ^ x
 
 
 def _seed_key(seed: int) -> int:
@@ -193,17 +186,17 @@ def _seed_key(seed: int) -> int:
 
         raise ArchcError(f"seed={seed!r}: the seed of init_state's noise is an int",
                          hint="e.g. m(tokens, seed=0)", code="A062")
-    return _fmix32(_fmix32(seed & _U32) ^ ((seed >> 32) & _U32))
+    return _mix32(_mix32(seed & _U32) ^ ((seed >> 32) & _U32))
 
 
 def counter_uniform(seed: int, positions: torch.Tensor, n: int) -> torch.Tensor:
     """[T, n] uniforms in (0, 1), element (t, j) a function of (seed, positions[t], j) only:
-    24 bits of a 32-bit hash, the resolution of a float32 in [0, 1)."""
+    (k + 0.5) / 2^23 for k the top 23 bits of a 32-bit hash (exact in float32)."""
     key = _seed_key(seed)
-    row = _fmix32(_fmix32(positions.to(torch.int64) & _U32) ^ key)
-    col = _mul32(torch.arange(1, n + 1, device=positions.device), _GOLDEN)
-    bits = _fmix32(row[:, None] ^ col[None, :])
-    return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    row = _mix32(_mix32(positions.to(torch.int64) & _U32) ^ key)
+    col = _mix32((torch.arange(n, device=positions.device) * _GOLDEN + key) & _U32)
+    bits = _mix32(row[:, None] ^ col[None, :])
+    return (bits >> 9).to(torch.float32).add_(0.5).mul_(1.0 / (1 << 23))
 
 
 def state_noise(x: torch.Tensor, std: float, scale: float = 1.0, seed: int | None = None,
@@ -215,6 +208,7 @@ def state_noise(x: torch.Tensor, std: float, scale: float = 1.0, seed: int | Non
     same in every batch row: two identical calls agree, and decoding with a cache draws
     what the prefill drew. Eval's default seed is 0. In training without a seed every call
     draws fresh noise from torch's RNG (a random state per step, as Huginn trains).
+    Inverse-CDF sampling of the truncated normal, as trunc_normal_like.
     """
     if seed is None and training:
         return trunc_normal_like(x, std, scale)
@@ -225,8 +219,9 @@ def state_noise(x: torch.Tensor, std: float, scale: float = 1.0, seed: int | Non
     u = counter_uniform(0 if seed is None else seed, positions, moved[0].numel())
     lo = 0.5 * (1.0 + math.erf(-3.0 / math.sqrt(2.0)))
     hi = 0.5 * (1.0 + math.erf(3.0 / math.sqrt(2.0)))
-    z = torch.erfinv(2.0 * (lo + (hi - lo) * u) - 1.0) * math.sqrt(2.0)
-    out = (z.clamp(-3.0, 3.0) * (std * scale)).to(x.dtype).view(moved.shape)
+    z = torch.erfinv(u.mul_(2.0 * (hi - lo)).add_(2.0 * lo - 1.0))  # u -> (2 lo-1, 2 hi-1)
+    z = z.mul_(math.sqrt(2.0)).clamp_(-3.0, 3.0).mul_(std * scale)
+    out = z.to(x.dtype).view(moved.shape)
     return out.movedim(0, axis - 1).unsqueeze(0).expand_as(x).contiguous()
 
 
