@@ -861,9 +861,9 @@ class MoE(nn.Module):
     before later ones; the rest are dropped for that expert. In eval nothing is dropped
     (as inference engines route): a token's output must not depend on how many tokens
     share its call, or cached decoding would differ from the prefill. Every call appends
-    its load-balance loss
-    E * sum_e f_e * P_e (f_e: share of first choices, P_e: mean router probability) to
-    `self.aux`, so a shared MoE applied L times contributes L terms to model.aux_loss().
+    its load-balance loss E * sum_e f_e * P_e (f_e: share of first choices, P_e: mean
+    router probability) to `self.aux`, so a shared MoE applied L times contributes L
+    terms to model.aux_loss().
     """
 
     def __init__(self, dim: int, experts: int, hidden: int, k: int = 2,

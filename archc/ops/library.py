@@ -31,6 +31,7 @@ class OpDef:
     stateful: bool = False          # creates an instance with weights
     outputs: tuple[str, ...] = ()   # named outputs exposed as value fields
     tensor_kwargs: tuple[str, ...] = ()  # keyword arguments that take graph values
+    retired: tuple[tuple[str, str], ...] = ()  # options it no longer takes: (name, why)
 
 
 OPS: dict[str, OpDef] = {}
@@ -593,7 +594,9 @@ class MoeAttrs(Attrs):
     "first); in eval no token is dropped, so a token's output does not depend on the "
     "other tokens of its call (decoding equals the prefill); the load-balance loss of "
     "every application adds up in model.aux_loss()",
-    stateful=True)
+    stateful=True, retired=(("eval_capacity", "eval drops no token (every token gets its "
+                             "top-k experts), so eval does not depend on the tokens of a "
+                             "call; `capacity` applies in training"),))
 def moe(c, x, a: MoeAttrs):
     d = x.type.width
     if a.k > a.experts:

@@ -117,10 +117,6 @@ class DecodeBlocker(NamedTuple):
     hint: str
 
 
-_PER_SEQUENCE = ('halting per="sequence" decides for every position at once, later ones '
-                 "included")
-
-
 def _blocker_of(node: Node) -> DecodeBlocker | None:
     """A node whose output at a position depends on later positions: a KV cache, which
     holds only earlier positions, cannot reproduce it (the fact lives in the op table)."""
@@ -128,7 +124,8 @@ def _blocker_of(node: Node) -> DecodeBlocker | None:
         halt = node.attr("halt")
         if halt is None or halt[2] != "sequence":
             return None
-        return DecodeBlocker(f"{_PER_SEQUENCE}; a cached decode cannot reproduce it, so "
+        return DecodeBlocker('halting per="sequence" decides for every position at once, '
+                             "later ones included; a cached decode cannot reproduce it, so "
                              "this model has no incremental decoding", node.span,
                              'use per="token" (each position halts on its own), or run '
                              "whole sequences without a cache")

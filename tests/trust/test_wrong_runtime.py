@@ -301,6 +301,7 @@ def test_eval_capacity_is_an_error_that_says_why():
     with pytest.raises(ArchcError) as e:
         archc.build(MOE.replace("capacity=0.5", "capacity=0.5, eval_capacity=2.0"))
     assert "eval_capacity" in e.value.message and e.value.span.line == 4
+    assert "training" in e.value.hint
 
 
 # ----------------------------------------------------------------------------- init_state noise
