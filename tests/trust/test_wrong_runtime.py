@@ -8,6 +8,7 @@ error where a combination cannot be decoded incrementally.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -48,19 +49,23 @@ def decode(m, toks, chunks=None, **kw):
     return torch.cat(outs, dim=1)
 
 
-def assert_close(got, want, what):
+def assert_close(got, want, what, atol=ATOL):
     assert got.shape == want.shape, f"{what}: {tuple(got.shape)} vs {tuple(want.shape)}"
     err = (got - want).abs().max().item()
-    assert err <= ATOL, f"{what}: max abs difference {err:.3e} > {ATOL}"
+    assert err <= atol, f"{what}: max abs difference {err:.3e} > {atol}"
 
 
 @torch.no_grad()
-def check_decode_equals_prefill(m, toks, chunks=(3, 1, 4), **kw):
-    """Token by token, and in `chunks` then the rest, equal the whole-sequence forward."""
+def check_decode_equals_prefill(m, toks, chunks=(3, 1, 4), double=False, **kw):
+    """Token by token, and in `chunks` then the rest, equal the whole-sequence forward
+    (and, with `double`, in a float64 copy within 1e-10: only rounding remains there)."""
     chunks = list(chunks) + [toks.shape[1] - sum(chunks)]
-    full = m(toks, **kw)
-    assert_close(decode(m, toks, **kw), full, "token-by-token decode vs prefill")
-    assert_close(decode(m, toks, chunks, **kw), full, f"chunks {list(chunks)} vs prefill")
+    models = [(m, ATOL)] + ([(copy.deepcopy(m).double(), 1e-10)] if double else [])
+    for model, atol in models:
+        full = model(toks, **kw)
+        assert_close(decode(model, toks, **kw), full, "token-by-token decode vs prefill", atol)
+        assert_close(decode(model, toks, chunks, **kw), full,
+                     f"chunks {list(chunks)} vs prefill", atol)
 
 
 # ----------------------------------------------------------------------------- halting + cache
@@ -125,7 +130,7 @@ def test_per_token_halting_decodes_like_the_prefill(tol, body):
     steps = [len(iterations_active(m, toks[:, t:t + 1])) for t in range(toks.shape[1])]
     assert min(steps) < 6, f"some decode steps should halt before r=6: {steps}"
     assert len(set(active)) > 2, f"positions should halt at different iterations: {active}"
-    check_decode_equals_prefill(m, toks)
+    check_decode_equals_prefill(m, toks, double=True)
 
 
 def test_per_token_halting_is_unchanged_without_a_cache():
@@ -226,6 +231,27 @@ def test_a_cache_keeps_the_loop_count_it_was_filled_with(first, then):
     text = str(e.value)
     assert f"r={then}" in text and f"r={first}" in text, text
     assert cache.pos == 6, "the refused call must not advance the cache"
+
+
+SCHEDULED = """model grown(d: int = 16, vocab: int = 32, step: int = 0 runtime)
+x = embed(tokens, vocab=vocab, dim=d)
+loop after(5) max 1 { x = x + attention(rmsnorm(x), heads=2) }
+return lm_head(rmsnorm(x), vocab=vocab)
+"""
+
+
+def test_a_cache_keeps_the_training_step_it_was_filled_with():
+    """A schedule's loop count moves with the step: set_step mid-decode is refused too."""
+    m = build(SCHEDULED)
+    toks = tokens()
+    with torch.no_grad():
+        cache = m.new_cache(batch=2, max_len=10)
+        m(toks[:, :4], cache=cache)
+        m.set_step(10)
+        with pytest.raises(ArchcError) as e:
+            m(toks[:, 4:5], cache=cache)
+    assert "step=10" in str(e.value) and "step=0" in str(e.value)
+    check_decode_equals_prefill(m, toks)
 
 
 def test_the_same_count_decodes_and_a_reset_cache_takes_a_new_one():
@@ -333,7 +359,7 @@ def test_init_state_noise_is_reproducible_in_eval():
 
 def test_init_state_decode_equals_prefill():
     m = build(NOISY)
-    check_decode_equals_prefill(m, tokens())
+    check_decode_equals_prefill(m, tokens(), double=True)
     check_decode_equals_prefill(m, tokens(), seed=5)
 
 

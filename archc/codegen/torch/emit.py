@@ -474,8 +474,9 @@ class _Forward:
         return lines
 
     def _cache_params(self, ind: str) -> list[str]:
-        """The cache keeps the run-time params it is filled with and refuses others."""
-        params = [p for p in self.ctx_args if p in self.cls.program.params and p != "step"]
+        """The cache keeps the run-time params it is filled with (loop counts, and the
+        training step that schedules read) and refuses others."""
+        params = [p for p in self.ctx_args if p in self.cls.program.params]
         if not params:
             return []
         items = ", ".join(f"{p!r}: {p}" for p in params)
