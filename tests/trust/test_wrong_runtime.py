@@ -323,6 +323,27 @@ def test_moe_training_still_applies_capacity():
     assert kept == [], f"eval dropped tokens {kept}"
 
 
+def test_moe_cost_is_what_eval_runs():
+    """archc.cost prices every token at its k experts: exactly what eval computes, even
+    where training's capacity drops assignments (and so measures less)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = dict(d=32, depth=2, heads=4, hidden=48, experts=8, k=1, capacity=0.5)
+    m = build("specs/widenet.arch", std=0.5, **cfg)
+    toks = tokens(t=8, vocab=256)
+    measured = {}
+    for mode in ("eval", "train"):
+        m.train(mode == "train")
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), \
+                FlopCounterMode(display=False) as counter:
+            m(toks)
+        measured[mode] = counter.get_total_flops()
+    priced = archc.cost("specs/widenet.arch", seq=8, batch=2, **cfg).flops
+    assert measured["eval"] == priced, (measured, priced)
+    assert measured["train"] < priced, "the training case should drop assignments"
+
+
 def test_eval_capacity_is_an_error_that_says_why():
     with pytest.raises(ArchcError) as e:
         archc.build(MOE.replace("capacity=0.5", "capacity=0.5, eval_capacity=2.0"))
