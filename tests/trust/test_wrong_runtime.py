@@ -121,9 +121,9 @@ def iterations_active(m, toks):
 @pytest.mark.parametrize("tol", [0.05, 0.1])
 @pytest.mark.parametrize("body", ["core(x)", "layer(x)"], ids=["shared", "per-iteration"])
 def test_per_token_halting_decodes_like_the_prefill(tol, body):
-    """Positions halt at different iterations and every decode step halts before `r`:
-    a halted position's later iterations still get keys and values (those of its frozen
-    state, as the full forward computes them), so decoding equals the prefill."""
+    """Positions halt at different iterations and decode steps halt before `r`: a halted
+    position's later iterations still get keys and values (those of its frozen state, as
+    a full forward that kept computing stores them), so decoding equals the prefill."""
     m = halting_model(halting_spec(tol, body=body))
     toks = tokens()
     active = iterations_active(m, toks)
