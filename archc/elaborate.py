@@ -1079,9 +1079,10 @@ class ClassBuilder:
         for k in kwargs:
             if k not in fields:
                 close = suggest(k, list(fields) + list(opdef.tensor_kwargs))
+                retired = dict(opdef.retired).get(k)  # an option it no longer takes, and why
                 fail(f"`{opdef.name}` has no argument `{k}`", spans.get(k, span),
-                     f"did you mean `{close}`?" if close else
-                     f"its arguments: {', '.join(fields) or 'none'}", code="A032")
+                     retired or (f"did you mean `{close}`?" if close else
+                                 f"its arguments: {', '.join(fields) or 'none'}"), code="A032")
         try:
             return opdef.attrs(**kwargs)
         except ValidationError as err:

@@ -197,6 +197,66 @@ def trunc_normal_like(x: torch.Tensor, std: float, scale: float = 1.0) -> torch.
     return out * scale if scale != 1.0 else out
 
 
+# Counter-based noise: a hash of (seed, absolute position, element) instead of a stream of
+# draws, so a position's noise does not depend on what else shares its call.
+_U32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B  # < 2^27: a 32-bit value times it stays below 2^59, exact in int64
+_GOLDEN = 0x9E3779B9
+
+
+def _mix32(x):
+    """A 32-bit integer hash (Mueller's: xorshift, multiply, twice) of values in
+    [0, 2^32); exact int64 arithmetic, on Python ints and int64 tensors alike."""
+    x = ((x >> 16) ^ x) * _MIX & _U32
+    x = ((x >> 16) ^ x) * _MIX & _U32
+    return (x >> 16) ^ x
+
+
+def _seed_key(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        from .errors import ArchcError
+
+        raise ArchcError(f"seed={seed!r}: the seed of init_state's noise is an int",
+                         hint="e.g. m(tokens, seed=0)", code="A062")
+    return _mix32(_mix32(seed & _U32) ^ ((seed >> 32) & _U32))
+
+
+def counter_uniform(seed: int, positions: torch.Tensor, n: int) -> torch.Tensor:
+    """[T, n] uniforms in (0, 1), element (t, j) a function of (seed, positions[t], j) only:
+    (k + 0.5) / 2^23 for k the top 23 bits of a 32-bit hash (exact in float32)."""
+    key = _seed_key(seed)
+    row = _mix32(_mix32(positions.to(torch.int64) & _U32) ^ key)
+    col = _mix32((torch.arange(n, device=positions.device) * _GOLDEN + key) & _U32)
+    bits = _mix32(row[:, None] ^ col[None, :])
+    return (bits >> 9).to(torch.float32).add_(0.5).mul_(1.0 / (1 << 23))
+
+
+def state_noise(x: torch.Tensor, std: float, scale: float = 1.0, seed: int | None = None,
+                start: int = 0, training: bool = False) -> torch.Tensor:
+    """init_state(init="trunc_normal"): N(0, std^2) cut at 3 std, times scale, shaped like x.
+
+    In eval, or with a seed, the noise at absolute position p (start + index along the
+    positions of x, [B, T, ...] or [B, H, T, dh]) is a function of (seed, p) alone, the
+    same in every batch row: two identical calls agree, and decoding with a cache draws
+    what the prefill drew. Eval's default seed is 0. In training without a seed every call
+    draws fresh noise from torch's RNG (a random state per step, as Huginn trains).
+    Inverse-CDF sampling of the truncated normal, as trunc_normal_like.
+    """
+    if seed is None and training:
+        return trunc_normal_like(x, std, scale)
+    axis = 2 if x.dim() == 4 else 1
+    moved = x.movedim(axis, 1)[0]  # [T, ...] of one batch row
+    t = moved.shape[0]
+    positions = torch.arange(start, start + t, device=x.device)
+    u = counter_uniform(0 if seed is None else seed, positions, moved[0].numel())
+    lo = 0.5 * (1.0 + math.erf(-3.0 / math.sqrt(2.0)))
+    hi = 0.5 * (1.0 + math.erf(3.0 / math.sqrt(2.0)))
+    z = torch.erfinv(u.mul_(2.0 * (hi - lo)).add_(2.0 * lo - 1.0))  # u -> (2 lo-1, 2 hi-1)
+    z = z.mul_(math.sqrt(2.0)).clamp_(-3.0, 3.0).mul_(std * scale)
+    out = z.to(x.dtype).view(moved.shape)
+    return out.movedim(0, axis - 1).unsqueeze(0).expand_as(x).contiguous()
+
+
 def check_count(value: int, maximum: int, name: str) -> int:
     if not isinstance(value, int) or not 0 <= value <= maximum:
         raise ValueError(f"{name}={value!r}: a run-time loop count must be an int in "
@@ -225,8 +285,12 @@ class Halting:
         self.active = self.active & (delta > self.tol * size)
         return new
 
-    def done(self) -> bool:
-        return not bool(self.active.any())
+    def done(self, cache: "KVCache | None" = None) -> bool:
+        """Whether the loop may stop: once no position moves, unless the loop fills a KV
+        cache. Then it runs every iteration, so a halted position's later slots hold the
+        keys and values of its frozen state (what a loop that kept computing stores) and
+        decoding reads the same slots as the prefill of the whole sequence."""
+        return cache is None and not bool(self.active.any())
 
 
 # ----------------------------------------------------------------------------- attention
@@ -312,6 +376,7 @@ class KVCache:
         self.batch = batch
         self.max_len = max_len
         self.pos = 0
+        self.params: dict[str, int] | None = None  # the run-time params it was filled with
         self.k = [torch.zeros(batch, h, max_len, dh, dtype=dtype, device=device)
                   for h, dh in self.layout]
         self.v = [torch.zeros(batch, h, max_len, dh, dtype=dtype, device=device)
@@ -342,8 +407,28 @@ class KVCache:
     def read(self, slot: int, end: int):
         return self.k[slot][:, :, :end], self.v[slot][:, :, :end]
 
+    def keep_params(self, params: dict[str, int]) -> None:
+        """Record the run-time params (loop counts) of the first call; refuse other values
+        later. The cached keys and values belong to those counts: a bigger count would read
+        slots never filled, a smaller one mix states of two depths (layers after the loop
+        cached keys of the deeper state)."""
+        if self.pos == 0 or self.params is None:
+            self.params = dict(params)
+            return
+        from .errors import ArchcError
+
+        for name, value in params.items():
+            was = self.params.get(name, value)
+            if value != was:
+                raise ArchcError(
+                    f"run-time param {name}={value}, but this KV cache was filled with "
+                    f"{name}={was}: its keys and values belong to that count",
+                    hint=f"decode with {name}={was}, or start over with cache.reset() "
+                         "or a new cache", code="A061")
+
     def reset(self) -> None:
         self.pos = 0
+        self.params = None
 
 
 def kv_cache(cache: "KVCache | None", slot: int, k, v):
@@ -359,6 +444,20 @@ def no_incremental_decoding(cache: "KVCache | None", ops: str) -> None:
     if cache is not None and cache.pos > 0:
         raise NotImplementedError(f"incremental decoding is not supported for {ops}; "
                                   "run the whole sequence without a cache")
+
+
+def cache_params(cache: "KVCache | None", params: dict[str, int]) -> None:
+    """Every call with a cache passes its run-time params (see KVCache.keep_params)."""
+    if cache is not None:
+        cache.keep_params(params)
+
+
+def refuse_cache(message: str, where: tuple | None, hint: str, code: str = "A060"):
+    """new_cache of a model that cannot decode incrementally: an archc error at the spec
+    line that rules it out (see archc/passes/kvplan.py, decode_blockers)."""
+    from .errors import ArchcError, Span
+
+    raise ArchcError(message, Span(*where) if where else None, hint, code)
 
 
 def cache_start(cache: "KVCache | None") -> int:
@@ -789,19 +888,21 @@ class MoE(nn.Module):
     """Top-k mixture of experts with capacity (token dropping) and a load-balance loss.
 
     Each token goes to its k most probable experts, weighted by its router probabilities
-    renormalised over those k. Expert e takes at most ceil(capacity * N * k / E) of the N
-    tokens: first choices claim places before second choices, earlier tokens before later
-    ones; the rest are dropped for that expert. Every call appends its load-balance loss
-    E * sum_e f_e * P_e (f_e: share of first choices, P_e: mean router probability) to
-    `self.aux`, so a shared MoE applied L times contributes L terms to model.aux_loss().
+    renormalised over those k. In training expert e takes at most ceil(capacity * N * k / E)
+    of the N tokens: first choices claim places before second choices, earlier tokens
+    before later ones; the rest are dropped for that expert. In eval nothing is dropped
+    (as inference engines route): a token's output must not depend on how many tokens
+    share its call, or cached decoding would differ from the prefill. Every call appends
+    its load-balance loss E * sum_e f_e * P_e (f_e: share of first choices, P_e: mean
+    router probability) to `self.aux`, so a shared MoE applied L times contributes L
+    terms to model.aux_loss().
     """
 
     def __init__(self, dim: int, experts: int, hidden: int, k: int = 2,
-                 capacity: float = 1.25, eval_capacity: float = 2.0, act: str = "gelu",
-                 noise: float = 0.0):
+                 capacity: float = 1.25, act: str = "gelu", noise: float = 0.0):
         super().__init__()
         self.experts, self.k, self.act = experts, k, act
-        self.capacity, self.eval_capacity, self.noise = capacity, eval_capacity, noise
+        self.capacity, self.noise = capacity, noise
         self.router = nn.Parameter(torch.empty(experts, dim))
         self.w_in = nn.Parameter(torch.empty(experts, hidden, dim))
         self.w_out = nn.Parameter(torch.empty(experts, dim, hidden))
@@ -819,8 +920,7 @@ class MoE(nn.Module):
         probs = torch.softmax(logits, dim=-1)
         gate, index = probs.topk(self.k, dim=-1)
         gate = gate / gate.sum(-1, keepdim=True)
-        factor = self.capacity if self.training else self.eval_capacity
-        cap = math.ceil(factor * n * self.k / e)
+        cap = math.ceil(self.capacity * n * self.k / e) if self.training else n
         onehot = F.one_hot(index, e)                                  # [n, k, e]
         order = onehot.transpose(0, 1).reshape(self.k * n, e)          # choices first
         place = ((order.cumsum(0) - 1) * order).sum(-1).view(self.k, n).t()

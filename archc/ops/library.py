@@ -32,6 +32,7 @@ class OpDef:
     stateful: bool = False          # creates an instance with weights
     outputs: tuple[str, ...] = ()   # named outputs exposed as value fields
     tensor_kwargs: tuple[str, ...] = ()  # keyword arguments that take graph values
+    retired: tuple[tuple[str, str], ...] = ()  # options it no longer takes: (name, why)
 
 
 OPS: dict[str, OpDef] = {}
@@ -617,23 +618,26 @@ class MoeAttrs(ResidualInitAttrs):
     k: int = Field(default=2, gt=0)
     hidden: int = Field(gt=0)
     capacity: float = Field(default=1.25, gt=0)
-    eval_capacity: float = Field(default=2.0, gt=0)
     act: Literal["gelu", "relu", "silu"] = "gelu"
     noise: float = Field(default=0.0, ge=0)
 
 
 @op("moe", MoeAttrs,
     "mixture of experts: a router sends each token to its top-k of `experts` MLPs, "
-    "weighted by its renormalised router probabilities; each expert takes at most "
-    "capacity * tokens * k / experts tokens (the rest are dropped, first choices first); "
-    "the load-balance loss of every application adds up in model.aux_loss()",
-    stateful=True)
+    "weighted by its renormalised router probabilities; in training each expert takes at "
+    "most capacity * tokens * k / experts tokens (the rest are dropped, first choices "
+    "first); in eval no token is dropped, so a token's output does not depend on the "
+    "other tokens of its call (decoding equals the prefill); the load-balance loss of "
+    "every application adds up in model.aux_loss()",
+    stateful=True, retired=(("eval_capacity", "eval drops no token (every token gets its "
+                             "top-k experts), so eval does not depend on the tokens of a "
+                             "call; `capacity` applies in training"),))
 def moe(c, x, a: MoeAttrs):
     d = x.type.width
     if a.k > a.experts:
         c.fail(f"top-{a.k} of {a.experts} experts", "k <= experts", at="k")
     ref = c.leaf(None, "moe", {"dim": d, "experts": a.experts, "hidden": a.hidden, "k": a.k,
-                               "capacity": a.capacity, "eval_capacity": a.eval_capacity,
+                               "capacity": a.capacity,
                                "act": a.act, "noise": a.noise},
                  [Weight(name="router", shape=(a.experts, d),
                          init=weight_init(a.init, a.std)),
@@ -895,8 +899,9 @@ class StateAttrs(Attrs):
 
 
 @op("init_state", StateAttrs,
-    "a fresh loop state shaped like its input: zeros, or a truncated normal (cut at 3 std) "
-    "times `scale`, drawn anew on every forward")
+    "a loop state shaped like its input: zeros, or a truncated normal (cut at 3 std) "
+    "times `scale`; its noise is a function of (seed, absolute position) in eval (seed 0 "
+    "unless m(tokens, seed=...) says) and fresh on every training forward without a seed")
 def init_state(c, x, a: StateAttrs):
     return c.emit("init_state", [x], x.type,
                   {"mode": a.init, "std": a.std, "scale": a.scale}, hint="s")

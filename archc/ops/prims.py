@@ -95,6 +95,9 @@ class Prim:
     elementwise: bool = False
     calls_module: bool = False
     flops: FlopRule | None = None  # None: not declared; the cost model counts it as 0
+    # why a node with these attrs cannot be decoded incrementally with a KV cache (None:
+    # it can); a cache gives a position the keys of earlier positions, never later ones
+    no_decode: Callable[[dict], str | None] | None = None
 
 
 def _call(args, attrs, mod):
@@ -128,6 +131,16 @@ def _attend(a, attrs, mod):
         opts.append("alibi=True")
     extra = "".join(f", {o}" for o in opts)
     return f"rt.attend({a[0]}, {a[1]}, {a[2]}{extra})"
+
+
+def _reads_later_positions(causal_by_default: bool) -> Callable[[dict], str | None]:
+    """A non-causal attention's output at a position depends on later positions (`attend`
+    is causal unless told otherwise, `sdpa` only when told so)."""
+    def rule(attrs: dict) -> str | None:
+        if attrs.get("causal", causal_by_default):
+            return None
+        return "attention(..., causal=false) attends to later positions"
+    return rule
 
 
 def _depth_mix(a, attrs, mod):
@@ -178,7 +191,8 @@ def _head_loop_flops(f: FlopInput) -> Flops:
 
 
 def _moe_flops(f: FlopInput) -> Flops:
-    """The router, and each token's k experts (capacity drops not subtracted)."""
+    """The router, and each token's k experts: exact in eval (nothing is dropped there);
+    in training capacity drops make the measured work a little lower."""
     d = f.ins[0].shape[-1]
     a = dict(f.module.args)
     return Flops(2 * d * a["experts"] + a["k"] * 2 * 2 * d * a["hidden"],
@@ -233,7 +247,8 @@ def _split(a, attrs, mod):
 def _init_state(a, attrs, mod):
     if attrs["mode"] == "zeros":
         return f"torch.zeros_like({a[0]})"
-    return f"rt.trunc_normal_like({a[0]}, std={attrs['std']!r}, scale={attrs['scale']!r})"
+    return (f"rt.state_noise({a[0]}, std={attrs['std']!r}, scale={attrs['scale']!r}, "
+            "seed=seed, start=rt.cache_start(cache), training=self.training)")
 
 
 PRIMS: dict[str, Prim] = {p.name: p for p in [
@@ -255,8 +270,8 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
     Prim("merge_heads", lambda a, attrs, mod: f"rt.merge_heads({a[0]})", flops=no_flops),
     Prim("rope", lambda a, attrs, mod: f"rt.apply_rope({a[0]}, {attrs['table']})",
          flops=per_element(3)),
-    Prim("sdpa", _sdpa, flops=_sdpa_flops),
-    Prim("attend", _attend, flops=_sdpa_flops),
+    Prim("sdpa", _sdpa, flops=_sdpa_flops, no_decode=_reads_later_positions(False)),
+    Prim("attend", _attend, flops=_sdpa_flops, no_decode=_reads_later_positions(True)),
     Prim("kv_cache", lambda a, attrs, mod: f"rt.kv_cache(cache, {attrs['slot']}, {a[0]}, {a[1]})",
          flops=no_flops),
     Prim("select_kv", _select_kv, flops=no_flops),

@@ -11,7 +11,11 @@ slots. It records the layout (kv_heads, head_dim) of every slot of the model, wh
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+from ..errors import Span
 from ..ir import Graph, Node, Program, class_order, with_attrs
+from ..ops.prims import PRIMS
 from . import register
 
 Slot = tuple[int, tuple[tuple[str, int], ...]]  # offset, ((loop var, stride), ...)
@@ -103,3 +107,50 @@ def slot_count(program: Program, cls: str) -> int:
 
 def node_slot(node: Node) -> Slot | None:
     return node.attr("slot")
+
+
+class DecodeBlocker(NamedTuple):
+    """Why a model cannot decode incrementally: `new_cache` raises this as an ArchcError."""
+
+    message: str
+    span: Span | None
+    hint: str
+
+
+def _blocker_of(node: Node) -> DecodeBlocker | None:
+    """A node whose output at a position depends on later positions: a KV cache, which
+    holds only earlier positions, cannot reproduce it (the fact lives in the op table)."""
+    if node.op == "loop":
+        halt = node.attr("halt")
+        if halt is None or halt[2] != "sequence":
+            return None
+        return DecodeBlocker('halting per="sequence" decides for every position at once, '
+                             "later ones included; a cached decode cannot reproduce it, so "
+                             "this model has no incremental decoding", node.span,
+                             'use per="token" (each position halts on its own), or run '
+                             "whole sequences without a cache")
+    rule = PRIMS[node.op].no_decode if node.op in PRIMS else None
+    reason = rule(dict(node.attrs)) if rule is not None else None
+    if reason is None:
+        return None
+    return DecodeBlocker(f"{reason}; a KV cache holds only earlier positions, so this "
+                         "model has no incremental decoding", node.span,
+                         "run whole sequences without a cache (m(tokens)), or make it "
+                         "causal")
+
+
+def decode_blockers(program: Program) -> list[DecodeBlocker]:
+    """Every node of the program that rules out incremental decoding, in class order."""
+    found = []
+
+    def walk(graph: Graph) -> None:
+        for node in graph.nodes:
+            blocker = _blocker_of(node)
+            if blocker is not None:
+                found.append(blocker)
+            if node.body is not None:
+                walk(node.body)
+
+    for cls in class_order(program):
+        walk(program.classes[cls].graph)
+    return found

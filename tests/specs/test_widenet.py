@@ -7,9 +7,10 @@ L layers; layer l owns only its two LayerNorms:
 then a final LayerNorm and the tied head. MoE over the N = B*T tokens of one call:
   p = softmax(x W_r^T) over E experts; each token's k most probable experts (argsort),
   gates = their p renormalised over the k; expert e takes at most
-  C = ceil(c * N * k / E) assignments (c = capacity in training, 2.0 in eval), handed out
-  choice by choice (all first choices, token order, then all second choices, ...);
-  a dropped assignment contributes nothing (no renormalisation);
+  C = ceil(capacity * N * k / E) assignments in training (no limit in eval: every
+  token gets its k experts), handed out choice by choice (all first choices, token
+  order, then all second choices, ...); a dropped assignment contributes nothing (no
+  renormalisation);
   expert e(x) = W_out[e] gelu_erf(W_in[e] x);
   load-balance loss of the call: E * sum_e f_e P_e, f_e = share of tokens whose first
   choice is e, P_e = mean of p_e over the tokens.
@@ -41,9 +42,9 @@ ids = lambda c: "-".join(f"{k}{v}" for k, v in c.items())
 
 
 class RefMoE(nn.Module):
-    def __init__(self, d, experts, hidden, k, capacity, eval_capacity=2.0):
+    def __init__(self, d, experts, hidden, k, capacity):
         super().__init__()
-        self.E, self.k, self.capacity, self.eval_capacity = experts, k, capacity, eval_capacity
+        self.E, self.k, self.capacity = experts, k, capacity
         self.gate = nn.Parameter(torch.empty(experts, d))
         self.fc1 = nn.Parameter(torch.empty(experts, hidden, d))
         self.fc2 = nn.Parameter(torch.empty(experts, d, hidden))
@@ -58,7 +59,7 @@ class RefMoE(nn.Module):
         choice = p.argsort(dim=-1, descending=True)[:, :k]          # [N, k]
         g = p.gather(-1, choice)
         g = g / g.sum(-1, keepdim=True)
-        limit = math.ceil((self.capacity if self.training else self.eval_capacity) * N * k / E)
+        limit = math.ceil(self.capacity * N * k / E) if self.training else N
         load = [0] * E
         keep = torch.zeros(N, k)
         for j in range(k):
@@ -167,7 +168,8 @@ def make_pair(cfg, seed=1):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=ids)
 def test_matches_reference(cfg, mode):
-    """Train mode uses `capacity`, eval mode 2.0 (drop = 0, so no randomness either way)."""
+    """Train mode uses `capacity`, eval mode drops nothing (drop = 0, so no randomness
+    either way)."""
     m, ref = make_pair(cfg)
     m.train(mode == "train")
     ref.train(mode == "train")
@@ -247,9 +249,8 @@ def test_drop_path_is_identity_in_eval():
 
 
 def test_decode_matches_prefill():
-    """Eval mode with E = 4, k = 2: C = ceil(2.0 * N * 2 / 4) = N, and no expert can get
-    more than N assignments (one per token), so nothing is dropped and the MoE is
-    per-token: decoding equals the prefill whatever the chunking."""
+    """Eval mode drops nothing, so the MoE is per-token: decoding equals the prefill
+    whatever the chunking."""
     m, _ = make_pair(CFG)
     check_decode_matches_prefill(m, tokens(B=2, T=12))
 

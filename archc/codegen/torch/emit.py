@@ -22,7 +22,7 @@ from ...names import is_generated
 from ... import scalar
 from ...ops import PRIMS
 from ...analysis.scan import plan_scan
-from ...passes.kvplan import slot_count
+from ...passes.kvplan import decode_blockers, slot_count
 
 INDENT = "    "
 # weightless ops whose output is a fresh activation as large as their inputs: dead locals
@@ -89,11 +89,14 @@ class _Context:
                 found |= scalar.free(tree, "param")
             if node.op == "horn":
                 found.add("cache")
+            if node.op == "init_state" and node.attr("mode") != "zeros":
+                found.update(("cache", "seed"))  # noise keyed by (seed, absolute position)
         runtime = [p for p in self.program.params if p in found]
         ropes = sorted(n for n in found if n in self.tables)
         cache = ["cache", "slot"] if self.slots(cls) or "cache" in found or \
             cls == self.program.root else []
-        self._needs[cls] = ropes + runtime + cache
+        seed = ["seed"] if "seed" in found else []
+        self._needs[cls] = ropes + runtime + cache + seed
         return self._needs[cls]
 
     def slots(self, cls: str) -> int:
@@ -156,8 +159,7 @@ _MODULES = {
     "sigma_linear": ("rt.SigmaLinear", ("in", "out"), ("bias",)),
     "ds_linear": ("rt.DSLinear", ("in", "out"), ("rank", "nnz", "bias")),
     "dwconv": ("rt.CausalDepthwiseConv", ("channels",), ("kernel",)),
-    "moe": ("rt.MoE", ("dim",), ("experts", "hidden", "k", "capacity", "eval_capacity",
-                                  "act", "noise")),
+    "moe": ("rt.MoE", ("dim",), ("experts", "hidden", "k", "capacity", "act", "noise")),
     "width_route": ("rt.WidthRouter", ("dim",), ("groups", "shared", "k", "weighted",
                                                  "scaling")),
     "group_fuse": ("rt.GroupFusion", ("groups",), ()),
@@ -414,6 +416,8 @@ class _Forward:
                   if p in self.cls.program.params and p != "step"]
             if "cache" in self.ctx_args:
                 kw.append("cache=None")
+            if "seed" in self.ctx_args:
+                kw.append("seed: int | None = None")  # init_state's noise; eval default 0
             sig = ", ".join(["self"] + args + (["*"] + kw if kw else []))
             out = [f"{INDENT}def forward({sig}):"]
             out += self._prologue(args[0], ind)
@@ -448,6 +452,7 @@ class _Forward:
             f"{INDENT}def new_cache(self, batch: int, max_len: int):",
             f'{ind}"""A KV cache for incremental decoding: {len(layout)} slots, '
             f'{per_token} bytes per token in float32."""',
+        ] + _refuse_cache(self.cls.program, ind) + [
             f"{ind}p = next(self.parameters())",
             f"{ind}layout = {layout}",
             f"{ind}return rt.KVCache(layout, batch, max_len, dtype=p.dtype, device=p.device)",
@@ -471,10 +476,20 @@ class _Forward:
         if "cache" in self.ctx_args:
             lines.append(f"{ind}start = rt.cache_start(cache)")
             start = ", start"
+            lines += self._cache_params(ind)
         for name, attr in self.cls.rotary_attrs().items():
             if name in self.ctx_args:
                 lines.append(f"{ind}{name} = self.{attr}({tokens}.shape[1]{start})")
         return lines
+
+    def _cache_params(self, ind: str) -> list[str]:
+        """The cache keeps the run-time params it is filled with (loop counts, and the
+        training step that schedules read) and refuses others."""
+        params = [p for p in self.ctx_args if p in self.cls.program.params]
+        if not params:
+            return []
+        items = ", ".join(f"{p!r}: {p}" for p in params)
+        return [f"{ind}rt.cache_params(cache, {{{items}}})"]
 
     def _max_of(self, param: str) -> int:
         best = 0
@@ -614,7 +629,8 @@ class _Forward:
             self.region_of[out] = self.region
         if halt is not None:
             self.lines.append(f"{ind}{INDENT}{state} = {halter}.update({prev}, {state})")
-            self.lines.append(f"{ind}{INDENT}if {halter}.done():")
+            fills = "cache" if _fills_cache(body) else ""  # then it runs every iteration
+            self.lines.append(f"{ind}{INDENT}if {halter}.done({fills}):")
             self.lines.append(f"{ind}{INDENT * 2}break")
         self.span_line = None
 
@@ -650,6 +666,25 @@ _NO_CACHE = {"linear_attend", "dwconv"}
 
 def _uses_op(program: Program, op: str) -> bool:
     return any(n.op == op for b in program.classes.values() for n in _walk(b.graph))
+
+
+def _refuse_cache(program: Program, ind: str) -> list[str]:
+    """new_cache raises for a model that cannot decode incrementally (kvplan says why);
+    spec text (the file name) reaches the code only as a string literal (repr)."""
+    blockers = decode_blockers(program)
+    if not blockers:
+        return []
+    first = blockers[0]
+    span = first.span
+    where = repr((span.file, span.line, span.col, span.end_line, span.end_col)) \
+        if span else "None"
+    return [f"{ind}rt.refuse_cache(", f"{ind}{INDENT}{first.message!r},",
+            f"{ind}{INDENT}{where},", f"{ind}{INDENT}{first.hint!r})"]
+
+
+def _fills_cache(graph: Graph) -> bool:
+    """Does a loop body store keys/values in KV-cache slots (kvplan numbered them)?"""
+    return any(n.attr("slot") is not None for n in _walk(graph))
 
 
 def _slot_uses_var(node: Node, var: str) -> bool:
