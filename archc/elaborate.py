@@ -1060,6 +1060,7 @@ class ClassBuilder:
             kwargs = {**inst.kwargs, **call_kw}
             spans = {**inst.kwarg_spans, **call_spans}
         tensors = {k: kwargs.pop(k) for k in list(kwargs) if k in opdef.tensor_kwargs}
+        _check_ranks(opdef, inputs, e)
         attrs = self.validate(opdef, kwargs, spans, e.span)
         ctx = OpCtx(self, opdef, inst, e.span, spans, tensors)
         ctx.sigma = bool(getattr(attrs, "sigma", False))
@@ -1873,6 +1874,18 @@ def _map_graph(graph: Graph, fix) -> Graph:
     out.outputs = list(graph.outputs)
     out.names = dict(graph.names)
     return out
+
+
+def _check_ranks(opdef, inputs: list[TensorVal], e: S.Call) -> None:
+    """An op whose shape rule is for activations refuses per-head values (OpDef.refuses)."""
+    k = opdef.refuses([v.type for v in inputs])
+    if k is None:
+        return
+    span = e.args[k].span if opdef.inputs is not None and k < len(e.args) else e.span
+    fail(f"`{opdef.name}` takes activations [B, T, d]; this is {inputs[k].type}", span,
+         "a per-head value (an attention's q, k, v or heads) goes to elementwise ops, "
+         "concat or head_loop; use the attention's output for its merged heads",
+         code="A013")
 
 
 def _substitute(node: Node, var: str, k: int, mapping: dict[str, str]) -> Node:

@@ -7,10 +7,17 @@ torch with the weights copied across by name, or a count made by hand.
 
 from __future__ import annotations
 
+import types
+from pathlib import Path
+
 import pytest
 import torch
 
 import archc
+from archc import api
+from archc import runtime as rt
+from archc.codegen.torch import generate
+from archc.ir import walk
 
 VOCAB, D = 64, 16
 
@@ -83,3 +90,106 @@ def test_unnamed_loop_index_is_not_the_spec_i():
     with pytest.raises(archc.ArchcError) as e:
         archc.load(spec)
     assert e.value.span is not None and e.value.span.line == 4
+
+
+# ----------------------------------------------------------------------------- IR types
+# The IR's type of every value must be the shape torch computes for it: a shape rule that
+# disagrees with the lowering sizes weights and costs for a tensor that never exists.
+
+SPECS = sorted(Path(__file__).resolve().parents[2].glob("specs/*.arch"))
+BATCH, SEQ = 2, 8
+
+
+def _build_checked(path: str, mode: str):
+    """archc.build, from source generated with check_shapes: each statement reports its
+    values and their IR types to rt.check_types."""
+    loaded = api.load(path)
+    source = generate(api.compile_program(loaded, mode), check_shapes=True)
+    module = types.ModuleType(f"checked_{loaded.program.name}_{mode}")
+    exec(compile(source, f"<checked {Path(path).name}>", "exec"), module.__dict__)
+    model = getattr(module, loaded.program.root)()
+    for sub in model.modules():
+        if hasattr(sub, "scan_mode"):
+            sub.scan_mode = "naive"  # one position per call: T binds to 1 in `finish`
+    return (model.eval() if mode == "infer" else model), loaded
+
+
+def _parse_type(text: str) -> tuple[str, list]:
+    dtype, rest = text.split("[", 1)
+    dims = [d.strip() for d in rest.rstrip("]").split(",") if d.strip()]
+    return dtype, [int(d) if d.isdigit() else d for d in dims]
+
+
+def _type_mismatches(log: list, batch: int, seq: int) -> list:
+    """Entries whose run-time dtype or shape differs from the IR type. A symbol binds once
+    per method (B to the batch everywhere, T to the sequence in the root's forward; a
+    scan's per-position methods see their own T)."""
+    envs: dict[str, dict] = {}
+    bad = []
+    for where, ir_type, kind, shape in log:
+        method = where.split()[0]
+        env = envs.setdefault(method, {"B": batch} if envs else {"B": batch, "T": seq})
+        dtype, dims = _parse_type(ir_type)
+        ok = kind == dtype and shape is not None and len(shape) == len(dims)
+        for d, n in zip(dims, shape or ()):
+            ok = ok and (d == n if isinstance(d, int) else env.setdefault(d, n) == n)
+        if not ok:
+            bad.append((where, ir_type, kind, shape))
+    return bad
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_ir_type_is_the_run_time_shape(path, mode):
+    model, loaded = _build_checked(str(path), mode)
+    params = loaded.program.params
+    vocab = params["vocab"].value if "vocab" in params else 32
+    torch.manual_seed(0)
+    tokens = torch.randint(0, vocab, (BATCH, SEQ))
+    rt.TYPE_LOG = []
+    try:
+        with torch.no_grad():
+            model(tokens)
+        log = rt.TYPE_LOG
+    finally:
+        rt.TYPE_LOG = None
+    assert len(log) > 10
+    bad = _type_mismatches(log, BATCH, SEQ)
+    assert not bad, f"IR types that are not what runs: {bad[:5]}"
+
+
+def test_the_type_check_sees_a_wrong_type():
+    """The checker itself: an IR type that disagrees with the tensor is reported."""
+    log = [("R.forward %2 embed", "float[B, T, 16]", "float", (2, 8, 16)),
+           ("R.forward %3 concat", "float[B, T, 16]", "float", (2, 4, 8, 16))]
+    assert _type_mismatches(log, 2, 8) == [log[1]]
+
+
+HEADS = HEAD + "a = attention(x, heads=4)\n"
+
+
+def test_concat_of_heads_is_typed_per_head():
+    """concat keeps its inputs' leading dims: concat(a.heads) is [B, 4, T, 16], as
+    torch.cat(..., dim=-1) computes (it was typed [B, T, 16])."""
+    spec = HEADS + "c = concat(a.heads)\nx = x + a\n" + TAIL
+    program = api.load(spec).program
+    node = next(n for n in walk(program.model.graph) if n.op == "concat")
+    assert node.types[0].shape == ("B", 4, "T", D // 4)
+
+
+def test_linear_of_concat_heads_is_a_located_error():
+    """`linear(concat(a.heads), out=d)` was typed [B, T, d] with 16 in-features and ran
+    as [B, 4, T, d]; an op written for activations now refuses a per-head input."""
+    spec = HEADS + "x = x + linear(concat(a.heads), out=d)\n" + TAIL
+    with pytest.raises(archc.ArchcError) as e:
+        archc.load(spec)
+    assert e.value.code == "A013"
+    assert (e.value.span.line, e.value.span.col) == (5, 16)
+    assert "[B, 4, T, 4]" in e.value.message
+
+
+def test_concat_of_unlike_shapes_is_a_located_error():
+    spec = HEADS + "x = x + linear(concat(x, a.heads), out=d)\n" + TAIL
+    with pytest.raises(archc.ArchcError) as e:
+        archc.load(spec)
+    assert e.value.span.line == 5 and "differ only in width" in e.value.message
