@@ -16,6 +16,7 @@ import torch
 import archc
 from archc import api
 from archc import runtime as rt
+from archc.cli import main
 from archc.codegen.torch import generate
 from archc.ir import walk
 
@@ -193,3 +194,84 @@ def test_concat_of_unlike_shapes_is_a_located_error():
     with pytest.raises(archc.ArchcError) as e:
         archc.load(spec)
     assert e.value.span.line == 5 and "differ only in width" in e.value.message
+
+
+# ----------------------------------------------------------------------------- dead code
+# `archc check` and `archc.cost` count what the built module holds and runs: the program
+# after `dce`. The expectations are counted by hand from the spec.
+
+V, W = 64, 32  # vocab and width of the dead-code specs
+DEAD_HEAD = f"model r(vocab: int = {V}, d: int = {W})\n" \
+            "let emb = embed(vocab=vocab, dim=d)\n"
+EMB = V * W
+HEAD_FLOPS = 2 * W * V  # the tied head
+LIN_FLOPS = 2 * W * W
+
+
+def _built_params(spec: str) -> int:
+    return sum(p.numel() for p in archc.build(spec).parameters())
+
+
+DEAD = {
+    # an unused linear: neither its weight nor its matmul exists
+    "unused-linear": (DEAD_HEAD + "x = emb(tokens)\ny = linear(x, out=d)\n" + TAIL,
+                      EMB, HEAD_FLOPS),
+    # a's output is unused but b reads its K/V: a's k, v projections live, its q, o do not
+    "attention-kv-read": (DEAD_HEAD + "x = emb(tokens)\na = attention(x, heads=4)\n"
+                          "b = attention(x, heads=4, kv=a)\nx = x + b\n" + TAIL,
+                          EMB + 4 * W * W,
+                          HEAD_FLOPS + 4 * LIN_FLOPS + 2 * 4 * 16 * (8 + 8)),
+    # the second application of a shared instance is dead: its weight is counted once
+    # (the first application uses it) and its matmul not at all
+    "dead-second-application": (DEAD_HEAD + "let f = linear(out=d)\nx = emb(tokens)\n"
+                                "x = x + f(x)\ny = f(x)\n" + TAIL,
+                                EMB + W * W, HEAD_FLOPS + LIN_FLOPS),
+    # a dead value in a block body, in every layer of a stack
+    "dead-in-block": (DEAD_HEAD + "block layer(x) {\n  y = linear(x, out=d)\n"
+                      "  return x + linear(x, out=d)\n}\nx = emb(tokens)\n"
+                      "for i in 0..3 { x = layer(x) }\n" + TAIL,
+                      EMB + 3 * W * W, HEAD_FLOPS + 3 * LIN_FLOPS),
+    # a dead value inside a loop body
+    "dead-in-loop": (DEAD_HEAD + "x = emb(tokens)\nloop 3 {\n  y = linear(x, out=d)\n"
+                     "  x = x + linear(x, out=d)\n}\n" + TAIL,
+                     EMB + 3 * W * W, HEAD_FLOPS + 3 * LIN_FLOPS),
+}
+
+
+@pytest.mark.parametrize("case", list(DEAD))
+def test_cost_counts_what_the_module_holds(case):
+    spec, params, flops = DEAD[case]
+    c = archc.cost(spec, seq=16)
+    assert _built_params(spec) == params
+    assert c.params == params
+    assert c.flops_per_token == flops
+
+
+def test_check_counts_after_dce(capsys, tmp_path):
+    spec, params, _ = DEAD["unused-linear"]
+    path = tmp_path / "dead.arch"
+    path.write_text(spec)
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr()
+    assert f"({params:,} parameters" in out.out
+    assert "warning[W001]: value `y` is never used" in out.err
+    assert f"--> {path}:4:5" in out.err
+    assert "4 | y = linear(x, out=d)" in out.err
+    assert "  |     ^^^^^^^^^^^^^^^^" in out.err
+
+
+def test_unused_values_are_warnings_for_api_users():
+    spec, _, _ = DEAD["unused-linear"]
+    warnings = archc.load(spec).warnings
+    assert [(w.code, w.message, w.span.line, w.span.col) for w in warnings] == \
+        [("W001", "value `y` is never used", 4, 5)]
+    quiet = spec.replace("y = linear", "_y = linear")
+    assert archc.load(quiet).warnings == []
+    for case in ("dead-second-application", "dead-in-block", "dead-in-loop"):
+        assert [w.message for w in archc.load(DEAD[case][0]).warnings] == \
+            ["value `y` is never used"]
+
+
+def test_the_spec_library_has_no_unused_values():
+    for path in SPECS:
+        assert archc.load(str(path)).warnings == [], path.name
