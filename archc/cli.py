@@ -188,10 +188,9 @@ def _load(args, parser):
 
 
 def _check(args, parser) -> int:
+    from .analysis.live import live_program, unused_values
     from .analysis.params import count_params
     from .verify import verify
-
-    from .analysis.live import live_program, unused_values
 
     spec = _load(args, parser)
     verify(spec.program)

@@ -103,9 +103,12 @@ BATCH, SEQ = 2, 8
 
 def _build_checked(path: str, mode: str):
     """archc.build, from source generated with check_shapes: each statement reports its
-    values and their IR types to rt.check_types."""
+    values and their IR types to rt.check_types. mode "unrolled": a train build with
+    static loops and stacks unrolled."""
     loaded = api.load(path)
-    source = generate(api.compile_program(loaded, mode), check_shapes=True)
+    unroll = mode == "unrolled"
+    mode = "train" if unroll else mode
+    source = generate(api.compile_program(loaded, mode, unroll=unroll), check_shapes=True)
     module = types.ModuleType(f"checked_{loaded.program.name}_{mode}")
     exec(compile(source, f"<checked {Path(path).name}>", "exec"), module.__dict__)
     model = getattr(module, loaded.program.root)()
@@ -139,7 +142,7 @@ def _type_mismatches(log: list, batch: int, seq: int) -> list:
     return bad
 
 
-@pytest.mark.parametrize("mode", ["train", "infer"])
+@pytest.mark.parametrize("mode", ["train", "infer", "unrolled"])
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
 def test_every_ir_type_is_the_run_time_shape(path, mode):
     model, loaded = _build_checked(str(path), mode)
