@@ -84,6 +84,22 @@ def test_nested_loop_indices_are_not_shadowed(nest, outer_label, inner_label, ou
     assert archc.cost(spec, seq=5).params == built
 
 
+def test_a_for_in_an_adapted_block_keeps_the_iteration_index():
+    """A block called in `loop i` with per-iteration LoRA keeps that iteration's index
+    as an argument; a `for i` in the block's body took it, so the LoRA of iteration 2
+    never ran (and iteration k's `for` read adapter k's weights at position i)."""
+    spec = HEAD + "block layer(x) {\n  for i in 0..2 { x = x + linear(x, out=d) }\n" \
+        "  return x\n}\nlet core = layer()\n" \
+        "loop i in 3 { x = core(x) with lora(rank=2) }\n" + TAIL
+    torch.manual_seed(0)
+    m = archc.build(spec)
+    for p in m.parameters():  # LoRA B starts at zero: give every adapter an effect
+        torch.nn.init.normal_(p, std=0.1)
+    m(torch.randint(0, VOCAB, (2, 5))).sum().backward()
+    unused = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not unused, f"weights never used: {unused}"
+
+
 def test_unnamed_loop_index_is_not_the_spec_i():
     """An unnamed loop has no index the spec can read: `i` in its body is an unknown
     name (a located error), not silently some loop's counter."""
