@@ -32,6 +32,7 @@ def unused_values(program: Program, live: Program | None = None) -> list[SpecWar
     seen: set = set()
     for cls in class_order(program):
         kept = {o for _, node in _nodes(live.classes[cls].graph) for o in node.outs}
+        read = {i for _, node in _nodes(program.classes[cls].graph) for i in node.inputs}
         for graph, node in _nodes(program.classes[cls].graph):
             for value in node.outs:
                 name = graph.names.get(value)
@@ -41,15 +42,16 @@ def unused_values(program: Program, live: Program | None = None) -> list[SpecWar
                 if key in seen:
                     continue
                 seen.add(key)
-                out.append(_unused(name, node.span))
+                out.append(_unused(name, node.span, value in read))
     return out
 
 
-def _unused(name: str, span) -> SpecWarning:
+def _unused(name: str, span, read: bool) -> SpecWarning:
+    what = "is read only by values that are never used" if read else "is never used"
     return SpecWarning(
-        f"value `{name}` is never used", span,
-        "nothing reads it, so the built module leaves it out and `cost` does not count it; "
-        f"remove it, use it, or name it `_{name}`", code=UNUSED)
+        f"value `{name}` {what}", span,
+        "the built module leaves it out and `cost` does not count it; remove it, use it, "
+        f"or name it `_{name}` if it is meant", code=UNUSED)
 
 
 def _nodes(graph: Graph):

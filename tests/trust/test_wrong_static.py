@@ -291,6 +291,13 @@ def test_unused_values_are_warnings_for_api_users():
             ["value `y` is never used"]
 
 
+def test_a_value_read_only_by_dead_values_is_reported_as_such():
+    spec = DEAD_HEAD + "x = emb(tokens)\ny = linear(x, out=d)\nz = linear(y, out=d)\n" + TAIL
+    assert [(w.message, w.span.line) for w in archc.load(spec).warnings] == [
+        ("value `y` is read only by values that are never used", 4),
+        ("value `z` is never used", 5)]
+
+
 def test_the_spec_library_has_no_unused_values():
     for path in SPECS:
         assert archc.load(str(path)).warnings == [], path.name
