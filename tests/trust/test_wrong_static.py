@@ -29,9 +29,10 @@ LIN = "x = x + linear(x, out=d)"
 SCALED = "x = x + scale(linear(x, out=d), by=i + 1)"
 
 # ----------------------------------------------------------------------------- loop indices
-# (nest, outer label, inner label, outer count, inner count, inner scale):
-# `nest` wraps a body in two regions; the reference runs outer x inner distinct linears in
-# order, each scaled by `inner scale(b)` where b is the inner index.
+# (nest, outer label, inner label, outer count, inner count): `nest` wraps a body in two
+# regions; the reference runs outer x inner distinct linears in order. With the scaled
+# body, where the inner region names `i`, the b-th inner linear is scaled by b + 1: the
+# inner `i` hides the outer one.
 NESTS = [
     ("loop 3 {{ for i in 0..2 {{ {body} }} }}", "loop", "layers", 3, 2),
     ("loop 2 {{ for i in 0..3 {{ {body} }} }}", "loop", "layers", 2, 3),
