@@ -228,8 +228,6 @@ HEAD_FLOPS = 2 * W * V  # the tied head
 LIN_FLOPS = 2 * W * W
 
 
-def _built_params(spec: str) -> int:
-    return sum(p.numel() for p in archc.build(spec).parameters())
 
 
 DEAD = {
@@ -262,9 +260,11 @@ DEAD = {
 def test_cost_counts_what_the_module_holds(case):
     spec, params, flops = DEAD[case]
     c = archc.cost(spec, seq=16)
-    assert _built_params(spec) == params
+    m = archc.build(spec)
+    assert sum(p.numel() for p in m.parameters()) == params
     assert c.params == params
     assert c.flops_per_token == flops
+    assert c.kv_bytes_per_token == m.new_cache(batch=1, max_len=16).nbytes // 16
 
 
 def test_check_counts_after_dce(capsys, tmp_path):
