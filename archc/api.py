@@ -38,6 +38,14 @@ class Spec:
     def params(self) -> dict[str, ParamInfo]:
         return self.program.params
 
+    @property
+    def warnings(self) -> list:
+        """Diagnostics that do not stop compilation (archc.diagnostic.SpecWarning), such
+        as W001 for a value nothing reads; `archc check` prints them."""
+        from .analysis.live import unused_values
+
+        return unused_values(self.program)
+
 
 def _read(spec: str | Path) -> tuple[str, str]:
     if isinstance(spec, Path) or ("\n" not in spec and not spec.lstrip().startswith("model")):

@@ -188,12 +188,17 @@ def _load(args, parser):
 
 
 def _check(args, parser) -> int:
+    from .analysis.live import live_program, unused_values
     from .analysis.params import count_params
     from .verify import verify
 
     spec = _load(args, parser)
     verify(spec.program)
-    n = count_params(spec.program).unique
+    live = live_program(spec.program)
+    for warning in unused_values(spec.program, live):
+        print(warning.to_json() if args.error_format == "json" else warning.render(),
+              file=sys.stderr)
+    n = count_params(live).unique
     print(f"ok: model {spec.name} ({n:,} parameters, {len(spec.program.classes)} classes)")
     return 0
 
@@ -309,7 +314,9 @@ def _run(args, parser) -> int:
         t4 = time.perf_counter()
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-    counts = count_params(spec.program)
+    from .analysis.live import live_program
+
+    counts = count_params(live_program(spec.program))
     n_torch = sum(p.numel() for p in model.parameters())
     print(f"model {spec.name} from {spec.file}")
     print(f"  params        {n_torch:,} (unique; {counts.applied:,} applied per forward)")

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import names, scalar, syntax as S
+from . import loopvars, names, scalar, syntax as S
 from .errors import ArchcError, Span, fail
 from .init import DEFAULT_STD, choices_hint, resolve_residual, weight_init, zero_bias
 from .ir import (TOKENS, BlockDef, broadcast, BlockInst, Count, Graph, Group, Leaf, Module, Node,
@@ -204,7 +204,7 @@ class GraphBuilder:
 
 @dataclass
 class LoopFrame:
-    var: str
+    var: str | None      # the spec's name (None: an unnamed loop)
     count: int
     kind: str            # "for" (one iteration, index known) or "loop" (run-time index)
     sym: str | None      # the variable that indexes per-iteration modules, if symbolic
@@ -932,10 +932,11 @@ class ClassBuilder:
                  idx_expr.span, f"valid indices are 0..{len(arr.items)}", code="A031")
         inst = arr.items[value]
         # Inside a rollable `for k in 0..n`, blocks[k] reads the same in every iteration.
-        if isinstance(idx_expr, S.Name) and any(f.sym == idx_expr.id for f in self.loops
-                                                if f.kind == "for"):
+        frame = next((f for f in reversed(self.loops) if isinstance(idx_expr, S.Name)
+                      and f.var == idx_expr.id), None)
+        if frame is not None and frame.kind == "for" and frame.sym is not None:
             inst = replace(inst, ref=Ref(path=inst.ref.path[:-1] +
-                                         ((inst.ref.path[-1][0], idx_expr.id),)))
+                                         ((inst.ref.path[-1][0], frame.sym),)))
         return inst
 
     # calls --------------------------------------------------------------------
@@ -1061,6 +1062,7 @@ class ClassBuilder:
             kwargs = {**inst.kwargs, **call_kw}
             spans = {**inst.kwarg_spans, **call_spans}
         tensors = {k: kwargs.pop(k) for k in list(kwargs) if k in opdef.tensor_kwargs}
+        _check_ranks(opdef, inputs, e)
         attrs = self.validate(opdef, kwargs, spans, e.span)
         ctx = OpCtx(self, opdef, inst, e.span, spans, tensors)
         ctx.sigma = bool(getattr(attrs, "sigma", False))
@@ -1140,7 +1142,7 @@ class ClassBuilder:
             else:
                 fail(f"unknown adapter `{kind}`", call.span, "adapters: lora, untie",
                      code="A034")
-        return AdaptCfg(frame.var, frame.count, lora, untie, e.span)
+        return AdaptCfg(frame.sym, frame.count, lora, untie, e.span)
 
     def _adapter_attrs(self, kind: str, kwargs, call: S.Call):
         schema = ADAPTERS[kind]
@@ -1181,6 +1183,7 @@ class ClassBuilder:
         for v in st.vars:
             names.check(v, st.span, "loop variable")
         var = st.vars[0]
+        sym = self._ir_var(var)
         # Rollable when the variable is the iteration position: `for i in 0..n`.
         rollable = (isinstance(st.iter, S.Range) and len(st.vars) == 1
                     and bool(items) and items[0] == 0)
@@ -1190,14 +1193,13 @@ class ClassBuilder:
             return
         if len(items) > 1 and not _mentions_name(st.body, var) and \
                 self._assigns_only_tensors(st.body, env) and \
-                self._for_uniform(st, env, label, len(items)):
+                self._for_uniform(st, env, label, len(items), sym):
             return  # every iteration elaborates to the same graph: done once
         inits = self._carried(st.body, env)
         current = dict(inits)
         iterations = []
         for k, item in enumerate(items):
-            sym = var if rollable else None
-            body_env, gb = self._open_body(env, current, label, sym if sym else k)
+            body_env, gb = self._open_body(env, current, label, sym)
             _bind_for_vars(body_env, st, item)
             self.loops.append(LoopFrame(var, len(items), "for", sym))
             try:
@@ -1212,7 +1214,7 @@ class ClassBuilder:
                 if name not in st.vars and not isinstance(value, TensorVal) and \
                         env.find(name) is not None:
                     env.set(name, value, body_env.spans.get(name))
-        self._finish_for(st, env, label, inits, iterations, rollable)
+        self._finish_for(st, env, label, inits, iterations, rollable, sym)
 
     def _for_inline(self, st: S.For, env: Env, label: str, items: tuple) -> None:
         """Run the iterations one after another in the enclosing graph. Values bound in
@@ -1267,15 +1269,15 @@ class ClassBuilder:
                 return False
         return True
 
-    def _for_uniform(self, st: S.For, env: Env, label: str, n: int) -> bool:
+    def _for_uniform(self, st: S.For, env: Env, label: str, n: int, sym: str) -> bool:
         """A `for` whose body never reads its variable: one elaboration, n iterations.
         False (and nothing emitted) if the body changes a carried width: then the
         iterations differ after all and are elaborated one by one."""
         var = st.vars[0]
         inits = self._carried(st.body, env)
-        body_env, gb = self._open_body(env, inits, label, var)
+        body_env, gb = self._open_body(env, inits, label, sym)
         body_env.set(var, 0, st.span)
-        self.loops.append(LoopFrame(var, n, "for", var))
+        self.loops.append(LoopFrame(var, n, "for", sym))
         try:
             _no_return(self.body(st.body, body_env), st)
         finally:
@@ -1294,13 +1296,12 @@ class ClassBuilder:
         else:
             del self.scope.modules[label]
         outs = self.emit("loop", [inits[k] for k in inits] + self._captured(gb), types,
-                         {"kind": "for", "var": var, "count": Count(value=n), "label": label},
+                         {"kind": "for", "var": sym, "count": Count(value=n), "label": label},
                          span=st.span, hint=",".join(inits), body=graph)
         self._rebind(env, list(inits), outs)
         return True
 
-    def _finish_for(self, st, env, label, inits, iterations, rollable) -> None:
-        var = st.vars[0]
+    def _finish_for(self, st, env, label, inits, iterations, rollable, var) -> None:
         modules = [_collapse(scope, st.span) for _, scope in iterations]
         graphs = [_rewrite_refs(gb.graph, scope) for gb, scope in iterations]
         if any(m is not None for m in modules):
@@ -1342,25 +1343,24 @@ class ClassBuilder:
 
     def loop(self, st: S.Loop, env: Env) -> None:
         count = self._count(st, env)
-        var = st.var or "i"
-        names.check(var, st.span, "loop variable")
-        if any(f.var == var for f in self.loops):
-            fail(f"loop variable `{var}` shadows an enclosing loop's", st.span,
-                 "name it: `loop j in n { ... }`", code="A011")
+        if st.var is not None:
+            names.check(st.var, st.span, "loop variable")
+        var = self._ir_var(st.var)
         label = self._label(st.label, "loop", st.span)
         inits = self._carried(st.body, env)
         if not inits:
             fail("this loop changes nothing", st.span,
                  "assign to a value defined before the loop, e.g. `s = core(s)`", code="A031")
         body_env, gb = self._open_body(env, inits, label, var)
-        body_env.set(var, RuntimeScalar(("var", var)), st.span)
-        self.loops.append(LoopFrame(var, count.bound, "loop", var))
+        if st.var is not None:
+            body_env.set(st.var, RuntimeScalar(("var", var)), st.span)
+        self.loops.append(LoopFrame(st.var, count.bound, "loop", var))
         try:
             _no_return(self.body(st.body, body_env), st)
         finally:
             self.loops.pop()
         for name in body_env.vars:
-            if name not in inits and name != var and env.find(name) is not None:
+            if name not in inits and name != st.var and env.find(name) is not None:
                 fail(f"`{name}` is reassigned inside a loop body", body_env.spans.get(name),
                      "a loop body runs as one shared body; only tensors can be carried",
                      code="A031")
@@ -1464,6 +1464,14 @@ class ClassBuilder:
             if found is not None and isinstance(found[0], TensorVal):
                 out[name] = found[0]
         return out
+
+    def _ir_var(self, name: str | None) -> str:
+        """The IR name of a region's variable: free among the enclosing regions' (see
+        archc/loopvars.py), so an inner `for i` cannot take an outer loop's index."""
+        taken = {f.sym for f in self.loops if f.sym is not None}
+        if self.adapt is not None:
+            taken.add(self.adapt.var)
+        return loopvars.ir_var(name, taken, self.el.param_info)
 
     def _open_body(self, env: Env, carried: dict[str, TensorVal], label: str, index):
         """Start a region body: a closed graph whose first inputs are the carried values."""
@@ -1872,6 +1880,18 @@ def _map_graph(graph: Graph, fix) -> Graph:
     out.outputs = list(graph.outputs)
     out.names = dict(graph.names)
     return out
+
+
+def _check_ranks(opdef, inputs: list[TensorVal], e: S.Call) -> None:
+    """An op whose shape rule is for activations refuses per-head values (OpDef.refuses)."""
+    k = opdef.refuses([v.type for v in inputs])
+    if k is None:
+        return
+    span = e.args[k].span if opdef.inputs is not None and k < len(e.args) else e.span
+    fail(f"`{opdef.name}` takes activations [B, T, d]; this is {inputs[k].type}", span,
+         "a per-head value (an attention's q, k, v or heads) goes to elementwise ops, "
+         "concat or head_loop; use the attention's output for its merged heads",
+         code="A013")
 
 
 def _substitute(node: Node, var: str, k: int, mapping: dict[str, str]) -> Node:

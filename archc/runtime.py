@@ -1112,3 +1112,21 @@ def linear_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     num = torch.einsum("bhtd,bhtde->bhte", q, kv)
     den = (q * k.cumsum(2)).sum(-1, keepdim=True) + 1e-6
     return num / den
+
+
+# Set to a list by a test to collect (where, IR type, run-time type) of every value of a
+# module generated with `generate(program, check_shapes=True)`; None (the default) and
+# ordinary builds record nothing.
+TYPE_LOG: list | None = None
+
+
+def check_types(where: tuple, types: tuple, *values) -> None:
+    """Record each value's run-time dtype and shape next to the type the IR gave it."""
+    if TYPE_LOG is None:
+        return
+    for w, t, v in zip(where, types, values):
+        if isinstance(v, torch.Tensor):
+            kind = "long" if v.dtype == torch.long else "float"
+            TYPE_LOG.append((w, t, kind, tuple(v.shape)))
+        else:
+            TYPE_LOG.append((w, t, type(v).__name__, None))

@@ -46,7 +46,7 @@ def test_info_reports_unique_and_applied_parameters_per_instance(capsys):
 def test_compile_writes_a_file_and_prints_ir(tmp_path, capsys):
     assert main(["compile", "specs/huginn.arch", "-o", str(tmp_path), "--print-ir"]) == 0
     out = capsys.readouterr().out
-    assert "loop i in r (default 4, max 64)" in out
+    assert "loop it in r (default 4, max 64)" in out
     assert (tmp_path / "huginn.py").exists()
 
 

@@ -6,7 +6,10 @@ count (a run-time count at its bound value: the param's default or the value pas
 body like any other. What one application of a primitive costs is declared once, as the
 `flops` rule of its `Prim` in `archc/ops/prims.py`; this module only walks the graph.
 
-Numbers per token are exact for the IR as elaborated (before passes):
+Numbers per token are exact for the IR as the backends get it: the elaborated IR after
+`dce` (`live.live_program`), so dead code (an unused linear, a dead call of a shared
+instance, the query and output projections of an attention only whose K/V are read) costs
+nothing, as in the built module:
 
 - `flops_per_token`: forward matmul FLOPs, 2 per multiply-add, the quantity torch's
   `FlopCounterMode` reports: linears 2*in*out, LoRA 2*rank*(in+out), a tied head
@@ -46,6 +49,7 @@ from ..ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program
                   param_env, resolve, trip_count, walk)
 from ..ops.prims import PRIMS, FlopInput, per_token
 from ..passes import kvplan
+from .live import live_program
 from .params import applied_numel
 from .scan import plan_scan
 
@@ -340,6 +344,7 @@ def cost_of(program: Program, seq: int = 2048, batch: int = 1) -> Cost:
         raise ValueError(f"seq must be a positive int, got {seq!r}")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
+    program = live_program(program)
     w = _Walker(program, seq)
     root = program.model
     rows: dict[str | None, _Tally] = {name: _Tally() for name, _ in root.modules}

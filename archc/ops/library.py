@@ -33,6 +33,21 @@ class OpDef:
     outputs: tuple[str, ...] = ()   # named outputs exposed as value fields
     tensor_kwargs: tuple[str, ...] = ()  # keyword arguments that take graph values
     retired: tuple[tuple[str, str], ...] = ()  # options it no longer takes: (name, why)
+    per_head: bool = False          # its shape rule keeps the input's rank (see `refuses`)
+
+    def refuses(self, types: list[TensorType]) -> int | None:
+        """The position of the first input this op cannot take, or None.
+
+        Most shape rules are written for activations [B, T, d]: given a per-head value
+        such as `a.heads` ([B, H, T, d]) they would type the result [B, T, out] while
+        torch computes [B, H, T, out]. Only ops whose rule keeps the input's rank
+        (`per_head`) take other float ranks; token ids (long) are the embed's business."""
+        if self.per_head:
+            return None
+        for k, t in enumerate(types):
+            if t.dtype == "float" and len(t.shape) != 3:
+                return k
+        return None
 
 
 OPS: dict[str, OpDef] = {}
@@ -520,7 +535,8 @@ class HeadLoopAttrs(Attrs):
     "SGT's head-subset loop: `a, o = looped(h, a, o)` reruns `heads` heads of the attention "
     "`attn` on the new input h and updates its output a (and per-head outputs o = a.heads); "
     "the other heads keep theirs. The looped heads are the highest-entropy ones, measured at "
-    "the first run (the growth event) and kept as state", stateful=True, inputs=3)
+    "the first run (the growth event) and kept as state", stateful=True, inputs=3,
+    per_head=True)
 def head_loop(c, h, a, o, x: HeadLoopAttrs):
     ref, cfg = c.attention_of(x.attn)
     heads, kv, dh = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
@@ -815,18 +831,18 @@ class ScaleAttrs(Attrs):
 
 
 @op("scale", ScaleAttrs, "multiply by a constant (or a loop-index expression)",
-    positional=("by",))
+    positional=("by",), per_head=True)
 def scale(c, x, a: ScaleAttrs):
     return c.emit("scale", [x], x.type, {"by": c.scalar(a.by, "by")}, hint="x")
 
 
-@op("add", NoAttrs, "elementwise sum", inputs=2)
+@op("add", NoAttrs, "elementwise sum", inputs=2, per_head=True)
 def add(c, x, y, a):
     return c.binary("add", x, y)
 
 
 @op("sum", NoAttrs, "elementwise sum of one or more tensors, e.g. sum(branches[0..n].y)",
-    inputs=None)
+    inputs=None, per_head=True)
 def sum_(c, *xs):
     *xs, _ = xs
     total = xs[0]
@@ -835,13 +851,13 @@ def sum_(c, *xs):
     return total
 
 
-@op("mul", NoAttrs, "elementwise product", inputs=2)
+@op("mul", NoAttrs, "elementwise product", inputs=2, per_head=True)
 def mul(c, x, y, a):
     return c.binary("mul", x, y)
 
 
 def _unary(name: str, doc: str):
-    @op(name, NoAttrs, doc)
+    @op(name, NoAttrs, doc, per_head=True)
     def fn(c, x, a):
         return c.emit(name, [x], x.type, hint=name[0])
     return fn
@@ -851,7 +867,7 @@ class LeakyAttrs(Attrs):
     slope: float = 0.01
 
 
-@op("leaky_relu", LeakyAttrs, "max(x, slope * x)", positional=("slope",))
+@op("leaky_relu", LeakyAttrs, "max(x, slope * x)", positional=("slope",), per_head=True)
 def leaky_relu(c, x, a: LeakyAttrs):
     return c.emit("leaky_relu", [x], x.type, {"slope": a.slope}, hint="x")
 
@@ -861,11 +877,18 @@ for _name, _doc in [("silu", "x * sigmoid(x)"), ("gelu", "GELU (erf)"), ("relu",
     _unary(_name, _doc)
 
 
-@op("concat", NoAttrs, "concatenate along the width", inputs=None)
+@op("concat", NoAttrs, "concatenate along the width", inputs=None, per_head=True)
 def concat(c, *xs):
     *xs, _ = xs
+    first = xs[0].type
+    for x in xs[1:]:
+        if x.type.shape[:-1] != first.shape[:-1] or x.type.dtype != first.dtype:
+            c.fail(f"concat joins values that differ only in width; got {first} and "
+                   f"{x.type}", "concatenate activations [B, T, d] with activations, "
+                   "per-head values with per-head values of the same heads")
     widths = [x.type.width for x in xs]
-    return c.emit("concat", list(xs), act(sum(widths)), hint="x")
+    out = TensorType(shape=first.shape[:-1] + (sum(widths),), dtype=first.dtype)
+    return c.emit("concat", list(xs), out, hint="x")
 
 
 class SplitAttrs(Attrs):
@@ -874,7 +897,7 @@ class SplitAttrs(Attrs):
 
 
 @op("split", SplitAttrs, "split the width into `parts` equal parts, or into given sizes",
-    positional=("parts",))
+    positional=("parts",), per_head=True)
 def split(c, x, a: SplitAttrs):
     d = x.type.width
     if isinstance(a.parts, int):
@@ -888,7 +911,8 @@ def split(c, x, a: SplitAttrs):
         if sum(sizes) != d or min(sizes) <= 0:
             c.fail(f"split sizes {list(sizes)} do not add up to width {d}",
                    "the sizes must be positive and sum to the width", at="parts")
-    return c.emit_many("split", [x], [act(s) for s in sizes], {"sizes": sizes},
+    parts = [TensorType(shape=x.type.shape[:-1] + (s,), dtype=x.type.dtype) for s in sizes]
+    return c.emit_many("split", [x], parts, {"sizes": sizes},
                        hint=",".join(f"p{k}" for k in range(len(sizes))))
 
 

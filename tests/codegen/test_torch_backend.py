@@ -82,4 +82,4 @@ def test_generated_code_reads_like_a_hand_written_module():
     huginn = archc.compile_source("specs/huginn.arch")
     assert "def forward(self, tokens, *, r: int = 4, cache=None, seed: int | None = None):" \
         in huginn
-    assert "for i in range(r):" in huginn
+    assert "for it in range(r):" in huginn

@@ -41,7 +41,7 @@ def test_loop_iterations_get_consecutive_ranges():
     assert len(p.kv_layout) == 2 + 4 * 64 + 2
     core_call = next(n for n in walk(p.model.graph)
                      if n.op == "call" and n.attr("cls") == "Recur")
-    assert core_call.attr("slot") == (2, (("i", 4),))  # after the prelude's 2, 4 per step
+    assert core_call.attr("slot") == (2, (("it", 4),))  # after the prelude's 2, 4 per step
     coda = [n for n in walk(p.model.graph) if n.op == "call" and n.ref.path[0][0] == "coda"]
     assert coda[0].attr("slot") == (2 + 4 * 64, (("i", 1),))
 

@@ -30,9 +30,11 @@ INDENT = "    "
 _ALLOCATES = frozenset({"attend", "lm_head"})
 
 
-def generate(program: Program) -> str:
-    """The whole module file for a program."""
+def generate(program: Program, check_shapes: bool = False) -> str:
+    """The whole module file for a program. `check_shapes` (for tests) adds a call after
+    each statement that hands its values and their IR types to `rt.check_types`."""
     ctx = _Context(program)
+    ctx.check_shapes = check_shapes
     parts = [_header(program)]
     for cls in class_order(program):
         parts.append(_ClassEmitter(ctx, program.classes[cls]).emit())
@@ -59,6 +61,7 @@ class _Context:
 
     def __init__(self, program: Program):
         self.program = program
+        self.check_shapes = False
         tables = program.rope
         self.rope_names: dict[str, str] = {}
         dims = [dh for dh, _ in tables]
@@ -351,6 +354,7 @@ class _Forward:
         self.region = None  # the loop region whose body is being emitted (None: top level)
         self.region_of: dict[str, object] = {}  # value -> region where its local was bound
         self._liveness(graph, {})
+        self.where = f"{self.block.cls}.forward"  # what check_shapes builds report
 
     # liveness ------------------------------------------------------------------
 
@@ -391,6 +395,7 @@ class _Forward:
     def emit_method(self, name: str, doc: str) -> list[str]:
         """A plain method over `self.graph`: its inputs in, its outputs out."""
         graph = self.graph
+        self.where = f"{self.block.cls}.{name}"
         args = [self.namer.assign(vid, graph.names.get(vid, "x"), -1) for vid, _ in graph.inputs]
         self.region_of.update((vid, None) for vid, _ in graph.inputs)
         ind = INDENT * 2
@@ -536,6 +541,8 @@ class _Forward:
                                        start) for k, o in enumerate(node.outs)]
             self.region_of.update((o, self.region) for o in node.outs)
             self.lines.append(f"{ind}{', '.join(names)} = {expr}")
+            if self.ctx.check_shapes:
+                self.lines.append(f"{ind}{_check_types(self.where, node, names)}")
 
     def _ref(self, ref: Ref) -> str:
         if ref in self.item_refs:
@@ -662,6 +669,13 @@ class _Forward:
 
 # Ops whose state across positions is not in the KV cache yet: no incremental decoding.
 _NO_CACHE = {"linear_attend", "dwconv"}
+
+
+def _check_types(method: str, node: Node, names: list[str]) -> str:
+    """The statement of a check_shapes build that reports a node's values and IR types."""
+    where = tuple(f"{method} {o} {node.op}" for o in node.outs)
+    types = tuple(str(t) for t in node.types)
+    return f"rt.check_types({where!r}, {types!r}, {', '.join(names)})"
 
 
 def _uses_op(program: Program, op: str) -> bool:
