@@ -103,6 +103,7 @@ def build(spec: "str | Path | Spec", mode: str = "train", rewrites=(), **params:
     import types
 
     loaded = load(spec, **params)
+    from .codegen.escape import file_name
     from .codegen.torch import generate
 
     source = generate(compile_program(loaded, mode, tuple(rewrites)))
@@ -111,7 +112,7 @@ def build(spec: "str | Path | Spec", mode: str = "train", rewrites=(), **params:
     module = sys.modules.get(name)
     if module is None:
         module = types.ModuleType(name)
-        module.__file__ = f"<archc:{Path(loaded.file).name}:{digest}>"
+        module.__file__ = f"<archc:{file_name(loaded.file)}:{digest}>"  # see codegen/escape.py
         code = compile(source, module.__file__, "exec")
         _remember_source(module.__file__, source)
         exec(code, module.__dict__)  # our generated source; spec text never reaches exec
