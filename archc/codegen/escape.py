@@ -46,8 +46,12 @@ BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u
 
 
 def py_str(s: str) -> str:
-    """A Python string literal that evaluates to `s`, whatever `s` holds."""
-    return str.__repr__(str(s))
+    """A Python string literal that evaluates to `s`, whatever `s` holds; in double
+    quotes where `s` has no quote (the style of the rest of the generated file)."""
+    code = str.__repr__(str(s))
+    if code.startswith("'") and '"' not in code and "'" not in code[1:-1]:
+        code = f'"{code[1:-1]}"'
+    return code
 
 
 def literal(value) -> str:

@@ -10,7 +10,6 @@ value is dead, so the code reads like a hand-written module (`x = x + a`).
 
 from __future__ import annotations
 
-import keyword
 from pathlib import Path
 
 from ... import __version__
@@ -18,13 +17,19 @@ from ...errors import source_line
 from ..escape import comment, docstring, file_name, literal, py_str
 from ...ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program, Ref, Stack,
                    class_order)
-from ...names import is_generated
+from ..namespace import PYTHON_RESERVED, Namespace
 from ... import scalar
 from ...ops import PRIMS
 from ...analysis.scan import plan_scan
 from ...passes.kvplan import slot_count
 
 INDENT = "    "
+# Names the generated module itself uses at module scope (see archc/codegen/namespace.py):
+# spec-derived names are mangled around them, in every scope of the file.
+GENERATED_GLOBALS = ("torch", "F", "nn", "rt", "math", "self", "super", "_")
+# Keys of the context arguments a forward takes besides rotary tables (keyed by table)
+# and run-time params (keyed by name); not identifiers, so no spec name equals them.
+_CACHE, _SLOT = ":cache", ":slot"
 # weightless ops whose output is a fresh activation as large as their inputs: dead locals
 # are released before them too, as a hand-written forward would have dropped them
 _ALLOCATES = frozenset({"attend", "lm_head"})
@@ -37,6 +42,12 @@ def generate(program: Program) -> str:
     for cls in class_order(program):
         parts.append(_ClassEmitter(ctx, program.classes[cls]).emit())
     return "\n\n\n".join(parts).rstrip() + "\n"
+
+
+def root_class(program: Program) -> str:
+    """The name of the model's class in the generated module (mangled like every class
+    name: a model called `F` must not hide torch.nn.functional)."""
+    return _Context(program).class_names[program.root]
 
 
 def _header(program: Program) -> str:
@@ -59,6 +70,9 @@ class _Context:
 
     def __init__(self, program: Program):
         self.program = program
+        self.module_ns = Namespace(GENERATED_GLOBALS)
+        self.class_names = {cls: self.module_ns.create(cls, cls) for cls in class_order(program)}
+        self._init_args: dict[str, dict[str, str]] = {}
         tables = program.rope
         self.rope_names: dict[str, str] = {}
         dims = [dh for dh, _ in tables]
@@ -70,31 +84,40 @@ class _Context:
             else:
                 name = f"rope_{dh}_{n}"
             self.rope_names[f"rope:{dh}:{theta!r}"] = name
-        self.tables = {self.rope_names[f"rope:{dh}:{theta!r}"]: (dh, theta) for dh, theta in tables}
+        self.tables = {f"rope:{dh}:{theta!r}": (dh, theta) for dh, theta in tables}
         self._needs: dict[str, list[str]] = {}
         self._slots: dict[str, int] = {}
 
     def needs(self, cls: str) -> list[str]:
-        """Context arguments a class's forward takes: rotary tables, run-time params."""
+        """Keys of the context arguments a class's forward takes: rotary tables (their
+        table key), run-time params (their name), then _CACHE and _SLOT."""
         if cls in self._needs:
             return self._needs[cls]
         block = self.program.classes[cls]
         found: set[str] = set()
         for node in _walk(block.graph):
             if node.op in ("rope", "head_loop") and node.attr("table"):
-                found.add(self.rope_names[node.attr("table")])
+                found.add(node.attr("table"))
             elif node.op == "call":
                 found.update(self.needs(node.attr("cls")))
             for tree in _trees(node):
                 found |= scalar.free(tree, "param")
             if node.op == "horn":
-                found.add("cache")
+                found.add(_CACHE)
         runtime = [p for p in self.program.params if p in found]
-        ropes = sorted(n for n in found if n in self.tables)
-        cache = ["cache", "slot"] if self.slots(cls) or "cache" in found or \
+        ropes = sorted((n for n in found if n in self.tables), key=self.rope_names.get)
+        cache = [_CACHE, _SLOT] if self.slots(cls) or _CACHE in found or \
             cls == self.program.root else []
         self._needs[cls] = ropes + runtime + cache
         return self._needs[cls]
+
+    def init_args(self, cls: str) -> dict[str, str]:
+        """A block's run-time params -> its constructor's argument names (the attributes
+        keep the spec names; the arguments must not shadow `self`, `nn`, `rt`...)."""
+        if cls not in self._init_args:
+            scope = Namespace(parent=self.module_ns)
+            self._init_args[cls] = {a: scope.create(a) for a in self.program.classes[cls].attrs}
+        return self._init_args[cls]
 
     def slots(self, cls: str) -> int:
         """How many KV-cache slots a class's forward uses (from the kv plan)."""
@@ -113,30 +136,32 @@ def _walk(graph: Graph):
 # ----------------------------------------------------------------------------- modules
 
 
-def _module_expr(m: Module, indent: str) -> str:
+def _module_expr(m: Module, indent: str, ctx: _Context) -> str:
     """A Python expression that builds the module (possibly over several lines)."""
     if isinstance(m, BlockInst):
-        return f"{m.cls}({', '.join(f'{k}={literal(v)}' for k, v in m.args)})"
+        names = ctx.init_args(m.cls)
+        args = ", ".join(f"{names[k]}={literal(v)}" for k, v in m.args)
+        return f"{ctx.class_names[m.cls]}({args})"
     if isinstance(m, Leaf):
         return _leaf_expr(m)
     if isinstance(m, Group):
         if not m.children:
             return "nn.ModuleDict()"
         inner = indent + INDENT
-        items = [f"{inner}{name}={_module_expr(child, inner)}," for name, child in m.children]
+        items = [f"{inner}{name}={_module_expr(child, inner, ctx)}," for name, child in m.children]
         return "nn.ModuleDict(dict(\n" + "\n".join(items) + f"\n{indent}))"
     if isinstance(m, Stack):
         first = m.items[0]
         if all(_same(first, item) for item in m.items):
-            body = _module_expr(first, indent)
+            body = _module_expr(first, indent, ctx)
             if "\n" not in body and len(body) < 60:
                 return f"nn.ModuleList([{body} for _ in range({len(m.items)})])"
             inner = indent + INDENT
-            body = _module_expr(first, inner)
+            body = _module_expr(first, inner, ctx)
             return (f"nn.ModuleList([\n{inner}{body}\n{inner}for _ in range({len(m.items)})"
                     f"\n{indent}])")
         inner = indent + INDENT
-        items = [f"{inner}{_module_expr(item, inner)}," for item in m.items]
+        items = [f"{inner}{_module_expr(item, inner, ctx)}," for item in m.items]
         return "nn.ModuleList([\n" + "\n".join(items) + f"\n{indent}])"
     raise AssertionError(m)
 
@@ -212,7 +237,7 @@ class _ClassEmitter:
         self.is_root = block.cls == self.program.root
 
     def emit(self) -> str:
-        lines = [f"class {self.block.cls}(nn.Module):"]
+        lines = [f"class {self.ctx.class_names[self.block.cls]}(nn.Module):"]
         where = f" ({file_name(self.block.span.file)}:{self.block.span.line})" \
             if self.block.span else ""
         kind = "model" if self.is_root else "block"
@@ -231,10 +256,11 @@ class _ClassEmitter:
         """A block whose attention reads its own past output runs as a scan over
         positions; its graph is cut into three methods (see archc/analysis/scan.py)."""
         ind = INDENT * 2
-        slot = _Forward(self)._slot(plan.attend)
+        forward = _Forward(self)
+        slot = forward._slot(plan.attend)
         alibi = ", alibi=True" if plan.alibi else ""
         (x, _), = self.block.graph.inputs
-        name = self.block.graph.names.get(x, "x")
+        name = forward.namer.assign(x, self.block.graph.names.get(x, "x"), -1)
         lines = [
             f"{INDENT}def forward(self, {name}, cache, slot):",
             f"{ind}# positions run in order: keys of earlier positions come from this "
@@ -255,41 +281,42 @@ class _ClassEmitter:
         return lines
 
     def rotary_attrs(self) -> dict[str, str]:
-        """Root only: the attribute holding each rotary table's module."""
+        """Root only: the attribute holding each rotary table's module, by table key."""
         taken = {name for name, _ in self.block.modules}
         out = {}
-        for name in self.ctx.tables:
-            attr = name.replace("rope", "rotary", 1)
+        for key in self.ctx.tables:
+            attr = self.ctx.rope_names[key].replace("rope", "rotary", 1)
             while attr in taken:
                 attr += "_"
             taken.add(attr)
-            out[name] = attr
+            out[key] = attr
         return out
 
     def _init(self) -> list[str]:
         ind = INDENT * 2
-        attrs = self.block.attrs
-        lines = [f"{INDENT}def __init__({', '.join(('self',) + attrs)}):",
+        args = self.ctx.init_args(self.block.cls)
+        lines = [f"{INDENT}def __init__({', '.join(['self'] + list(args.values()))}):",
                  f"{ind}super().__init__()"]
-        for name in attrs:
-            lines.append(f"{ind}self.{name} = {name}  # kept per instance; schedules read it")
+        for name, arg in args.items():
+            lines.append(f"{ind}self.{name} = {arg}  # kept per instance; schedules read it")
         if self.is_root and "step" in self.program.params and self.program.params["step"].runtime:
             lines.append(f"{ind}self.step = {self.program.params['step'].value}  "
                          "# the training step; set_step() moves it")
         for name, module in self.block.modules:
-            expr = _module_expr(module, ind)
+            expr = _module_expr(module, ind, self.ctx)
             lines.append(f"{ind}self.{name} = {expr}{_span_comment(module)}")
         if plan_scan(self.block) is not None:
             lines.append(f'{ind}self.scan_mode = "tiled"  # or "naive": attend per position')
         if self.is_root:
-            for name, attr in self.rotary_attrs().items():
-                dh, theta = self.ctx.tables[name]
+            for key, attr in self.rotary_attrs().items():
+                dh, theta = self.ctx.tables[key]
                 lines.append(f"{ind}self.{attr} = rt.Rotary({dh}, theta={theta!r})")
         return lines
 
 
 class _Namer:
-    """Python names for values: spec names first, reused only once the old value is dead."""
+    """Python names for values: spec names first, reused only once the old value is dead;
+    never a name of the method's namespace (`reserved`)."""
 
     def __init__(self, reserved: set[str]):
         self.reserved = set(reserved)
@@ -298,7 +325,7 @@ class _Namer:
         self.last: dict[str, int] = {}
 
     def free(self, candidate: str, pos: int) -> bool:
-        if candidate in self.reserved or keyword.iskeyword(candidate) or is_generated(candidate):
+        if candidate in self.reserved or candidate in PYTHON_RESERVED:
             return False
         holder = self.holder.get(candidate)
         return holder is None or self.last.get(holder, -1) <= pos
@@ -329,18 +356,62 @@ class _Forward:
         self.span_line: int | None = None
         graph = graph if graph is not None else self.block.graph
         self.graph = graph
-        loop_vars = {n.attr("var") for n in _walk(graph) if n.op == "loop"}
         self.ctx_args = self.ctx.needs(self.block.cls)
-        reserved = set(self.ctx_args) | loop_vars | {"self"}
-        if self.block.iteration:
-            reserved.add(self.block.iteration)
-        self.namer = _Namer(reserved)
+        self._scope(graph)
+        self.namer = _Namer(self.scope.names())
         self.positions: dict[int, tuple[int, int]] = {}
         self.item_refs: dict[Ref, str] = {}  # refs a `for item in self.stack` loop names
         self.deleted: set[str] = set()  # values whose local was released with `del`
         self.region = None  # the loop region whose body is being emitted (None: top level)
         self.region_of: dict[str, object] = {}  # value -> region where its local was bound
         self._liveness(graph, {})
+
+    # names ---------------------------------------------------------------------
+
+    def _scope(self, graph: Graph) -> None:
+        """The method's namespace: the root's run-time params keep their spec names (they
+        are forward's keywords), then the locals the generated code uses (`cache`, `slot`,
+        `start`, rotary tables, `step`), then loop variables; each mangled on collision.
+
+        `self.local` maps a context-argument key to its local, `self.vars` a loop variable
+        to its local, `self.packed` lists the root's run-time params whose spec name the
+        generated code needs (`self`, `F`, `range`...): they arrive through `**params`."""
+        scope = self.scope = Namespace(parent=self.ctx.module_ns)
+        self.local: dict[str, str] = {}
+        self.vars: dict[str, str] = {}
+        self.packed: list[str] = []
+        self.kwargs = None
+        params = self.cls.program.params
+        runtime = [k for k in self.ctx_args if k in params]
+        if self.cls.is_root:
+            for p in runtime:
+                if p != "step" and not scope.taken(p):
+                    self.local[p] = scope.create(p, p)
+            self.packed = [p for p in runtime if p != "step" and p not in self.local]
+        scope.reserve("cache")  # the ops write `cache` (archc/ops/prims.py)
+        if _SLOT in self.ctx_args and not self.cls.is_root:
+            self.local[_SLOT] = scope.create("slot", _SLOT)
+        if self.cls.is_root and _CACHE in self.ctx_args:
+            self.local[":start"] = scope.create("start", ":start")
+        for key in self.ctx_args:
+            if key in self.ctx.tables:
+                self.local[key] = scope.create(self.ctx.rope_names[key], key)
+            elif key in params and key not in self.local:
+                self.local[key] = scope.create(key, key)
+        if self.packed:
+            self.kwargs = scope.create("params")
+        spec_vars = [self.block.iteration] if self.block.iteration else []
+        spec_vars += [n.attr("var") for n in _walk(graph) if n.op == "loop"]
+        for var in spec_vars:
+            if var not in self.vars:
+                self.vars[var] = scope.create(var, ("var", var))
+
+    def _scalar_names(self) -> dict:
+        """What scalar.code prints for each loop variable and run-time param."""
+        names = {("var", v): name for v, name in self.vars.items()}
+        names.update((("param", k), name) for k, name in self.local.items()
+                     if k in self.cls.program.params)
+        return names
 
     # liveness ------------------------------------------------------------------
 
@@ -396,28 +467,30 @@ class _Forward:
             name = graph.names.get(vid, "x")
             args.append(self.namer.assign(vid, name, -1))
             self.region_of[vid] = None
-        extra = list(self.ctx_args)
-        if self.block.iteration:
-            extra.append(self.block.iteration)
         ind = INDENT * 2
         if self.cls.is_root:
             self.namer.last[graph.inputs[0][0]] = 10 ** 9  # tokens: the epilogue reads it
             kw = [f"{p}: int = {self.cls.program.params[p].value}" for p in self.ctx_args
-                  if p in self.cls.program.params and p != "step"]
-            if "cache" in self.ctx_args:
+                  if p in self.cls.program.params and p != "step" and p not in self.packed]
+            if _CACHE in self.ctx_args:
                 kw.append("cache=None")
+            if self.packed:
+                kw.append(f"**{self.kwargs}")
             sig = ", ".join(["self"] + args + (["*"] + kw if kw else []))
             out = [f"{INDENT}def forward({sig}):"]
             out += self._prologue(args[0], ind)
         else:
+            extra = ["cache" if k == _CACHE else self.local[k] for k in self.ctx_args]
+            if self.block.iteration:
+                extra.append(self.vars[self.block.iteration])
             out = [f"{INDENT}def forward({', '.join(['self'] + args + extra)}):"]
         self._graph(graph, ind)
         outs = [self.namer.name[v] for v in graph.outputs]
-        if self.cls.is_root and "cache" in self.ctx_args:
+        if self.cls.is_root and _CACHE in self.ctx_args:
             self.lines.append(f"{ind}rt.cache_advance(cache, {args[0]}.shape[1])")
         self.lines.append(f"{ind}return {', '.join(outs)}")
         out = out + self.lines
-        if self.cls.is_root and "cache" in self.ctx_args:
+        if self.cls.is_root and _CACHE in self.ctx_args:
             out += self._new_cache()
         if self.cls.is_root and _uses_op(self.cls.program, "moe"):
             out += ["", f"{INDENT}def aux_loss(self):",
@@ -446,7 +519,7 @@ class _Forward:
         ]
 
     def _prologue(self, tokens: str, ind: str) -> list[str]:
-        lines = []
+        lines = self._unpack_params(ind)
         stateless = sorted({n.op for b in self.cls.program.classes.values()
                             for n in _walk(b.graph) if n.op in _NO_CACHE})
         if stateless:
@@ -454,19 +527,32 @@ class _Forward:
         if _uses_op(self.cls.program, "moe"):
             lines.append(f"{ind}rt.clear_aux(self)  # load-balance losses of this forward")
         if "step" in self.ctx_args:
-            lines.append(f"{ind}step = self.step")
+            lines.append(f"{ind}{self.local['step']} = self.step")
         for p in self.ctx_args:
             if p in self.cls.program.params and p != "step" and self._max_of(p):
                 mx = self._max_of(p)
-                lines.append(f"{ind}rt.check_count({p}, {mx}, {py_str(p)})")
+                lines.append(f"{ind}rt.check_count({self.local[p]}, {mx}, {py_str(p)})")
         start = ""
-        if "cache" in self.ctx_args:
-            lines.append(f"{ind}start = rt.cache_start(cache)")
-            start = ", start"
-        for name, attr in self.cls.rotary_attrs().items():
-            if name in self.ctx_args:
-                lines.append(f"{ind}{name} = self.{attr}({tokens}.shape[1]{start})")
+        if _CACHE in self.ctx_args:
+            start = self.local[":start"]
+            lines.append(f"{ind}{start} = rt.cache_start(cache)")
+            start = f", {start}"
+        for key, attr in self.cls.rotary_attrs().items():
+            if key in self.ctx_args:
+                lines.append(f"{ind}{self.local[key]} = self.{attr}({tokens}.shape[1]{start})")
         return lines
+
+    def _unpack_params(self, ind: str) -> list[str]:
+        """Run-time params whose spec name the generated code uses arrive as `**params`
+        (their keyword stays the spec's: `m(tokens, F=2)`) and get a mangled local."""
+        if not self.packed:
+            return []
+        kw = self.kwargs
+        lines = [f"{ind}{self.local[p]} = {kw}.pop({py_str(p)}, "
+                 f"{literal(self.cls.program.params[p].value)})" for p in self.packed]
+        return lines + [f"{ind}if {kw}:",
+                        f"{ind}{INDENT}raise TypeError(f\"forward() got an unexpected keyword "
+                        f"argument {{next(iter({kw}))!r}}\")"]
 
     def _max_of(self, param: str) -> int:
         best = 0
@@ -521,40 +607,41 @@ class _Forward:
         for name, idx in ref.path:
             out += f".{name}"
             if idx is not None:
-                out += f"[{idx}]"
+                out += f"[{self.vars.get(idx, idx) if isinstance(idx, str) else idx}]"
         return out
 
     def _slot(self, node: Node) -> str:
         """The cache slot of a kv_cache node, or the slot base passed to a call."""
         offset, strides = node.attr("slot")
-        terms = [] if self.cls.is_root else ["slot"]
+        terms = [] if self.cls.is_root else [self.local[_SLOT]]
         if offset or not terms and not strides:
             terms.append(str(offset))
         for var, stride in strides:
+            var = self.vars.get(var, var)
             terms.append(var if stride == 1 else f"{var} * {stride}")
         return " + ".join(terms)
 
     def _expr(self, node: Node, args: list[str]) -> str:
         if node.op == "call":
-            extra = list(self.ctx.needs(node.attr("cls")))
-            if "slot" in extra:
-                extra[extra.index("slot")] = self._slot(node)
+            extra = [self._slot(node) if k == _SLOT else "cache" if k == _CACHE
+                     else self.local[k] for k in self.ctx.needs(node.attr("cls"))]
             if node.attr("iteration"):
-                extra.append(node.attr("iteration"))
+                extra.append(self.vars.get(node.attr("iteration"), node.attr("iteration")))
             return f"{self._ref(node.ref)}({', '.join(args + extra)})"
         prim = PRIMS[node.op]
         attrs = dict(node.attrs)
         if node.op == "rope":
-            attrs["table"] = self.ctx.rope_names[attrs["table"]]
+            attrs["table"] = self.local[attrs["table"]]
         if node.op in ("kv_cache", "head_loop"):
             attrs["slot"] = self._slot(node)
         if node.op == "head_loop":
             attrs["attn"] = self._ref(attrs["attn"])
             if attrs.get("table"):
-                attrs["table"] = self.ctx.rope_names[attrs["table"]]
+                attrs["table"] = self.local[attrs["table"]]
         if node.op == "scale":
             by = attrs["by"]
-            attrs["by"] = scalar.code(by) if isinstance(by, tuple) else repr(by)
+            attrs["by"] = scalar.code(by, self._scalar_names()) if isinstance(by, tuple) \
+                else repr(by)
         mod = self._ref(node.ref) if node.ref is not None else None
         return prim.lower(args, attrs, mod)
 
@@ -583,7 +670,7 @@ class _Forward:
             else:
                 self.namer.name[vid] = self.namer.name[node.inputs[k]]
         halt = node.attr("halt")
-        n = _count_code(count)
+        n = _count_code(count, self._scalar_names())
         header = self._for_header(node, var, n)
         if halt is not None:
             state = names[halt[0]]
@@ -631,9 +718,9 @@ class _Forward:
                 self.namer.reserved.add(item)
                 self.item_refs[whole] = item
                 if any(_slot_uses_var(n, var) for n in nodes):
-                    return f"for {var}, {item} in enumerate(self.{label}):"
+                    return f"for {self.vars[var]}, {item} in enumerate(self.{label}):"
                 return f"for {item} in self.{label}:"
-        return f"for {var} in range({count}):"
+        return f"for {self.vars[var]} in range({count}):"
 
 
 # Ops whose state across positions is not in the KV cache yet: no incremental decoding.
@@ -668,15 +755,15 @@ def _trees(node: Node) -> list[tuple]:
     return out
 
 
-def _count_code(count) -> str:
+def _count_code(count, names: dict) -> str:
     if count.expr is None:
         return str(count.value)
     if count.param is not None:
-        return count.param
+        return names[("param", count.param)]
     expr = count.expr
     if expr[0] == "call" and expr[1] == "float":  # after(onset) as a count: 0 or 1
         expr = expr[2]
-    return f"int({scalar.code(expr)})"
+    return f"int({scalar.code(expr, names)})"
 
 
 def _literal(v) -> str:
