@@ -31,8 +31,18 @@ Where each generated-source position gets its text (torch backend, archc/codegen
 | `module.__file__` of a build (archc/api.py)          | `file_name`         |
 
 Names (values, instances, labels, loop variables, params, blocks, the model) are
-identifiers by the grammar and reach the code through the namespace in
-archc/codegen/namespace.py, which keeps them apart from the names the generated code uses.
+identifiers by the grammar (archc/grammar/arch.lark, checked again by archc/names.py) and
+are never quoted or escaped; they reach the code through the namespace in
+archc/codegen/namespace.py, which keeps them apart from the names the generated code uses:
+
+| name in the spec              | in the generated code                                  |
+|-------------------------------|--------------------------------------------------------|
+| value, block input, carried state | a local, mangled (`start` -> `start_1`); the liveness allocator reuses it |
+| loop variable                 | a local, mangled on collision (`for range_1 in range(4):`) |
+| run-time param                | the root forward's keyword, the spec's name; where the code needs that name (`F`, `range`...) it arrives through `**params` into a mangled local; `cache`, `self` are an A010 error |
+| block, model                  | a class name, mangled (`F` -> `F_1`); archc.build and reparam look it up |
+| block run-time param          | `self.<name>`; the constructor argument is mangled     |
+| instance, label               | an attribute `self.<name>` = its state-dict key, kept; names of nn.Module's or the model's own attributes (`train`, `new_cache`) are an A010 error |
 """
 
 from __future__ import annotations

@@ -149,3 +149,23 @@ def test_literal_writes_non_finite_floats_as_values():
     assert eval(literal(-math.inf)) == -math.inf
     assert math.isnan(eval(literal(math.nan)))
     assert eval(literal(("a\n", [1, 2.5, True, None]))) == ("a\n", [1, 2.5, True, None])
+
+
+# issue 8 item 4: generated source that did not compile
+
+
+def test_a_nul_byte_in_a_comment_gives_a_module_that_compiles():
+    spec = _spec(comment_text="a\x00b", comment_2="#\x00")
+    source = archc.compile_source(spec)
+    assert "\x00" not in source and "# <spec>:4: x = e(tokens)  # a\\x00b" in source
+    archc.build(spec)
+
+
+@pytest.mark.parametrize("where", ["comment", "choice", "override"])
+def test_a_lone_surrogate_gives_a_module_that_encodes(where):
+    spec = _spec(comment_text="a\udcffb") if where == "comment" else \
+        _spec(default='"a\ud800"') if where == "choice" else _spec()
+    overrides = {"style": "\udcff"} if where == "override" else {}
+    source = archc.compile_source(spec, **overrides)
+    source.encode("utf-8")
+    archc.build(spec, **overrides)

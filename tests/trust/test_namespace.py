@@ -221,6 +221,24 @@ def test_an_instance_named_new_cache_in_a_block_is_rejected_too():
         archc.load(text)
 
 
+@pytest.mark.parametrize("name", ["self", "nn", "super", "rt", "F", "slot"])
+def test_a_block_param_named_like_generated_code(name):
+    """A block's run-time param is a constructor argument kept as `self.<name>`."""
+    text = _spec_text(Path("specs/sgt.arch"))
+    renamed = re.sub(r"\bonset\b", name, text)  # the param, its uses and the call keyword
+    assert_same(text, renamed)
+    source = archc.compile_source(renamed)
+    assert f"self.{name} = " in source
+
+
+@pytest.mark.parametrize("name", ["slot", "cache", "self", "rt"])
+def test_the_input_of_a_scanned_block_named_like_generated_code(name):
+    """A block whose attention reads its own output runs as a scan with its own forward
+    signature (archc/analysis/scan.py)."""
+    text = _spec_text(Path("specs/recurrent_transformer.arch"))
+    assert_same(text, rename(text, "x", name))
+
+
 def test_renaming_works_on_the_parse_tree():
     text = rename(BASE, "d", "vocab_d")
     assert "embed(vocab=vocab, dim=vocab_d)" in text  # the keyword `vocab=` is kept
@@ -289,3 +307,17 @@ def test_renaming_to_a_generated_name_keeps_the_logits(path, category, old, new)
     kw = {new: 2} if category == "runtime param" else {}
     base_kw = {old: 2} if category == "runtime param" else {}
     assert_same(text, renamed, base_kw=base_kw, **kw)
+
+
+def test_reparam_finds_the_instances_of_a_mangled_class():
+    """A block `f` becomes class `F_1` (F is torch.nn.functional); the fold still finds
+    its instances."""
+    text = rename(rename(_spec_text(Path("specs/reparam_vit.arch")), "layer", "f"),
+                  "reparam_vit", "F")
+    assert "class F_1(nn.Module):" in archc.compile_source(text)
+    torch.manual_seed(0)
+    m = archc.build(text).eval()
+    folded = archc.reparam(m)
+    tokens = torch.randint(0, 16, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(tokens), m(tokens), rtol=1e-4, atol=1e-4)

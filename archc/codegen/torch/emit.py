@@ -44,10 +44,15 @@ def generate(program: Program) -> str:
     return "\n\n\n".join(parts).rstrip() + "\n"
 
 
+def class_names(program: Program) -> dict[str, str]:
+    """Each class of the program -> its name in the generated module (mangled where it
+    would collide: a model called `F` must not hide torch.nn.functional)."""
+    return _Context(program).class_names
+
+
 def root_class(program: Program) -> str:
-    """The name of the model's class in the generated module (mangled like every class
-    name: a model called `F` must not hide torch.nn.functional)."""
-    return _Context(program).class_names[program.root]
+    """The name of the model's class in the generated module."""
+    return class_names(program)[program.root]
 
 
 def _header(program: Program) -> str:
@@ -262,7 +267,7 @@ class _ClassEmitter:
         (x, _), = self.block.graph.inputs
         name = forward.namer.assign(x, self.block.graph.names.get(x, "x"), -1)
         lines = [
-            f"{INDENT}def forward(self, {name}, cache, slot):",
+            f"{INDENT}def forward(self, {name}, cache, {forward.local[_SLOT]}):",
             f"{ind}# positions run in order: keys of earlier positions come from this "
             "block's output",
             f"{ind}return rt.recurrent_scan(self, {name}, cache, {slot}{alibi}, "
