@@ -336,12 +336,17 @@ class _Namer:
         return holder is None or self.last.get(holder, -1) <= pos
 
     def assign(self, value: str, hint: str, pos: int) -> str:
+        candidate = self.peek(hint, pos)
+        self.bind(value, candidate)
+        return candidate
+
+    def peek(self, hint: str, pos: int) -> str:
+        """The name `assign` would give at `pos` (the hint, mangled if taken)."""
         base = hint or "t"
         candidate, n = base, 0
         while not self.free(candidate, pos):
             n += 1
             candidate = f"{base}_{n}"
-        self.bind(value, candidate)
         return candidate
 
     def bind(self, value: str, name: str) -> None:
@@ -661,7 +666,7 @@ class _Forward:
         for k, (init, out) in enumerate(zip(node.inputs[:carried], node.outs)):
             init_name = self.namer.name[init]
             hint = hints[k] if k < len(hints) else "s"
-            if self.namer.free(init_name, start) and init_name == hint:
+            if self.namer.free(init_name, start) and init_name == self.namer.peek(hint, start):
                 name = init_name
             else:
                 name = self.namer.assign(f"carry:{out}", hint, start)
