@@ -722,7 +722,10 @@ class _Forward:
                 and not any(_uses_var(n, var) for n in nodes):
             candidates = ([label[:-1]] if label.endswith("s") and len(label) > 1 else []) + \
                 ["layer", "block", f"{label}_layer"]
+            # the item is a fresh local: no value may hold the name (the loop's own
+            # carried state may be a spec value called `layer`)
             item = next((c for c in candidates if self.namer.free(c, 10**9)
+                         and c not in self.namer.holder
                          and c not in self.item_refs.values()), None)
             if item is not None:
                 self.namer.reserved.add(item)
