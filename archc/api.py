@@ -111,20 +111,22 @@ def build(spec: "str | Path | Spec", mode: str = "train", rewrites=(), **params:
     import types
 
     loaded = load(spec, **params)
-    from .codegen.torch import generate
+    from .codegen.escape import file_name
+    from .codegen.torch import generate, root_class
 
-    source = generate(compile_program(loaded, mode, tuple(rewrites)))
+    program = compile_program(loaded, mode, tuple(rewrites))
+    source = generate(program)
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     name = f"archc_generated.{loaded.program.name}_{digest}"
     module = sys.modules.get(name)
     if module is None:
         module = types.ModuleType(name)
-        module.__file__ = f"<archc:{Path(loaded.file).name}:{digest}>"
+        module.__file__ = f"<archc:{file_name(loaded.file)}:{digest}>"  # see codegen/escape.py
         code = compile(source, module.__file__, "exec")
         _remember_source(module.__file__, source)
         exec(code, module.__dict__)  # our generated source; spec text never reaches exec
         sys.modules[name] = module
-    cls = getattr(module, loaded.program.root)
+    cls = getattr(module, root_class(program))
     model = cls()
     model.archc_spec = loaded
     if mode == "infer":

@@ -254,7 +254,7 @@ class Elaborator:
                      f"declared params: {', '.join(sorted(declared)) or 'none'}", code="A020")
         env = Env(None, 0)
         for p in self.model.params:
-            names.check(p.name, p.span, "param")
+            names.check(p.name, p.span, "model param")
             if p.name in env.vars:
                 fail(f"duplicate param `{p.name}`", p.span, "rename one of them", code="A011")
             if p.name in self.blocks or p.name in OPS:
@@ -275,6 +275,8 @@ class Elaborator:
                 fail(f"{p.name} = {_show(value)}{where} is outside its domain "
                      f"{_show_domain(domain)}", span,
                      f"pick a value in {_show_domain(domain)}", code="A022")
+            if p.runtime:
+                names.check_runtime_param(p.name, p.span)
             if p.runtime and p.type != "int":
                 fail(f"run-time param `{p.name}` must be an int", p.span,
                      "only loop counts can be chosen at run time", code="A023")

@@ -63,10 +63,13 @@ def _eps(src: dict, prefix: str) -> float:
     return _EPS.get(prefix, 1e-5)
 
 
-def _instances(model: torch.nn.Module, cls: str, root: str) -> list[str]:
-    if cls == root:
+def _instances(model: torch.nn.Module, cls: str, program) -> list[str]:
+    from .codegen.torch import class_names
+
+    if cls == program.root:
         return [""]
-    return [name + "." for name, m in model.named_modules() if type(m).__name__ == cls]
+    python = class_names(program)[cls]  # the generated class's name (it may be mangled)
+    return [name + "." for name, m in model.named_modules() if type(m).__name__ == python]
 
 
 def fold_state(program, trained: torch.nn.Module, deploy: torch.nn.Module) -> dict:
@@ -80,7 +83,7 @@ def fold_state(program, trained: torch.nn.Module, deploy: torch.nn.Module) -> di
     wanted = set(deploy.state_dict())
     with torch.no_grad():
         for cls, target, recipe in program.folds:
-            for prefix in _instances(trained, cls, program.root):
+            for prefix in _instances(trained, cls, program):
                 if prefix + target in wanted:  # folds of merged-away branches are spent
                     out[prefix + target] = _value(recipe, src, prefix).clone()
     for key, tensor in deploy.state_dict().items():

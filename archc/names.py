@@ -1,9 +1,12 @@
 """Which names may reach generated Python.
 
-Spec names become Python locals, attributes and class names in the generated module, so
-each is checked here: an identifier (the grammar guarantees that), not a Python keyword,
-not a dunder, and not an attribute that nn.Module or its containers already use (a child
-called `train` or `items` would shadow a method). The lists are written out so that
+Spec names become Python locals, attributes and class names in the generated module.
+Locals, class names and loop variables never collide with the generated code's own names:
+the backend mangles them (archc/codegen/namespace.py). What is checked here is what cannot
+be mangled: an identifier (the grammar guarantees that), not a Python keyword, not a
+dunder, and not an attribute that nn.Module, its containers or the generated model already
+use (a child called `train`, `items` or `new_cache` would shadow a method; its name is its
+state-dict key, so it cannot be renamed). The lists are written out so that
 `archc check` does not need to import torch.
 """
 
@@ -26,10 +29,23 @@ register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_
 state_dict to to_empty train training type update values xpu zero_grad
 """.split())
 
-# Names the generated file itself uses.
-_GENERATED = frozenset("""
-self torch nn F rt math super
+# Methods and attributes the generated model itself has (archc/codegen/torch/emit.py,
+# archc/api.py): an instance or label of that name would hide them, and renaming the
+# module instead would change its state-dict names.
+_GENERATED_ATTRS = frozenset("""
+new_cache set_step aux_loss scan_mode queries finish archc_spec
 """.split())
+
+# Keywords a call of the built model takes besides the run-time params: forward's
+# `cache=`, `seed=` (init_state noise), and `self` (nn.Module.__call__(self, *args,
+# **kwargs) binds it first).
+FORWARD_KEYWORDS = frozenset({"cache", "seed", "self"})
+
+
+# What becomes an attribute of a generated module (`self.<name>`): instances, stack
+# labels and block params (kept per instance). Other names are locals or class names,
+# which the backend mangles.
+_ATTRIBUTES = frozenset({"instance", "label", "param"})
 
 
 def check(name: str, span: Span | None, what: str = "name") -> str:
@@ -37,12 +53,21 @@ def check(name: str, span: Span | None, what: str = "name") -> str:
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise ArchcError(f"`{name}` is a Python keyword and cannot name a {what}", span,
                          f"rename it, e.g. `{name}_`", code="A010")
-    if name.startswith("__") or name in _MODULE_ATTRS:
+    attribute = what in _ATTRIBUTES and (name in _MODULE_ATTRS or name in _GENERATED_ATTRS)
+    if name.startswith("__") or attribute:
         raise ArchcError(f"`{name}` is reserved and cannot name a {what}", span,
-                         f"it would shadow a torch.nn.Module attribute; try `{name}_`",
+                         f"it would shadow an attribute of the built module; try `{name}_`",
                          code="A010")
     return name
 
 
-def is_generated(name: str) -> bool:
-    return name in _GENERATED
+def check_runtime_param(name: str, span: Span | None) -> str:
+    """A run-time param is a keyword of the model's forward (`m(tokens, r=16)`), so it
+    cannot take the name of one of forward's own keywords. Every other name works: the
+    backend mangles its local where the generated code needs the name
+    (archc/codegen/namespace.py)."""
+    if name in FORWARD_KEYWORDS:
+        raise ArchcError(f"run-time param `{name}` has the name of a keyword of the model's "
+                         "forward", span, f"`m(tokens, {name}=...)` is taken; rename the "
+                         f"param, e.g. `{name}_`", code="A010")
+    return name

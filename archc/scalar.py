@@ -100,13 +100,14 @@ def free(tree: Tree, kind: str) -> set[str]:
 
 
 def code(tree: Tree, names: dict[str, str] | None = None) -> str:
-    """Python source for the tree; `names` renames vars/params to their Python names."""
+    """Python source for the tree; `names` maps ("var", name) and ("param", name) to the
+    Python name the backend gave it (the spec name where absent)."""
     names = names or {}
     kind = tree[0]
     if kind == "num":
         return repr(tree[1])
     if kind in ("var", "param"):
-        return names.get(tree[1], tree[1])
+        return names.get((kind, tree[1]), tree[1])
     if kind == "attr":
         return f"self.{tree[1]}"
     if kind == "neg":

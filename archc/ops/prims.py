@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
+from ..codegen.escape import py_str
+
 Lower = Callable[[list[str], dict, str | None], str]
 
 
@@ -232,7 +234,7 @@ def _linear_attend_flops(f: FlopInput) -> Flops:
 
 
 def _select_kv(a, attrs, mod):
-    return (f"rt.select_kv(self.training, {attrs['p']!r}, \"{attrs['infer']}\", "
+    return (f"rt.select_kv(self.training, {attrs['p']!r}, {py_str(attrs['infer'])}, "
             f"({a[0]}, {a[1]}), ({a[2]}, {a[3]}))")
 
 
