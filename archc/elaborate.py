@@ -40,6 +40,10 @@ class Budget:
     max_params: int = 20_000_000_000
 
 
+BUDGET_HINT = ("lower the depth, or raise the budget: `--max-nodes N` on the command line, "
+               "`archc.load(spec, budget=archc.Budget(max_nodes=N))` in Python")
+
+
 # ----------------------------------------------------------------------------- values
 
 
@@ -223,6 +227,7 @@ class Elaborator:
         self.class_names: set[str] = set()
         self.block_stack: list[tuple[str, Span | None]] = []
         self.nodes = 0
+        self.class_sizes: dict[str, int] = {}  # ops one call of a class stands for
         self.rope: dict[tuple[int, float], str] = {}
         self.globals: dict[str, Any] = {}
         self.param_info: dict[str, ParamInfo] = {}
@@ -494,6 +499,7 @@ class Elaborator:
                      "blocks cannot recurse; use `for` or `loop` for depth", code="A033",
                      labels=[(block.name_span, "defined here")])
         self.block_stack.append((block.name, span))
+        before = self.nodes
         try:
             cls = self._class_name(block.name)
             cb = ClassBuilder(self, cls, block.name, adapt, block.span)
@@ -524,6 +530,7 @@ class Elaborator:
         finally:
             self.block_stack.pop()
         self.class_keys[key] = cls
+        self.class_sizes[cls] = self.nodes - before
         return cls, out.type
 
     def _bind_block_params(self, block: S.Block, kwargs: dict[str, Any], env: Env) -> None:
@@ -565,7 +572,16 @@ class Elaborator:
         self.nodes += 1
         if self.nodes > self.budget.max_nodes:
             fail(f"the model has more than {self.budget.max_nodes:,} ops, over the size budget",
-                 span, "lower the depth, or raise the budget (--max-nodes)", code="A040")
+                 span, BUDGET_HINT, code="A040")
+
+    def count_repeats(self, times: int, ops: int, span: Span | None, what: str) -> None:
+        """Count `times` more runs of `ops` ops elaborated once (the other iterations of a
+        stack, another call of a block class), so nested stacks count at their full size,
+        the product of their trip counts, and are refused before any of it is built."""
+        self.nodes += max(times, 0) * ops
+        if self.nodes > self.budget.max_nodes:
+            fail(f"{what} brings the model to {self.nodes:,} ops, over the size budget "
+                 f"of {self.budget.max_nodes:,}", span, BUDGET_HINT, code="A040")
 
 
 # ----------------------------------------------------------------------------- one class
@@ -1037,7 +1053,11 @@ class ClassBuilder:
         return self.expand_op(opdef, inst, inputs, e, env)
 
     def call_block(self, inst: Inst, block: S.Block, inputs, adapt, span) -> TensorVal:
+        before = self.el.nodes
         cls, _ = self.el.block_class(block, inst.kwargs, inputs, adapt, span)
+        if self.el.nodes == before:  # elaborated before: this call still runs all of it
+            ops = self.el.class_sizes.get(cls, 0)
+            self.el.count_repeats(1, ops, span, f"this call of `{block.name}` ({ops:,} ops)")
         self.materialize(inst, BlockInst(cls=cls, args=_instance_args(block, inst), span=inst.span),
                          span)
         attrs = {"cls": cls}
@@ -1268,6 +1288,7 @@ class ClassBuilder:
         False (and nothing emitted) if the body changes a carried width: then the
         iterations differ after all and are elaborated one by one."""
         var = st.vars[0]
+        before = self.el.nodes
         inits = self._carried(st.body, env)
         body_env, gb = self._open_body(env, inits, label, var)
         body_env.set(var, 0, st.span)
@@ -1281,9 +1302,11 @@ class ClassBuilder:
         graph = _rewrite_refs(gb.graph, scope)
         types = [graph.types[o] for o in graph.outputs]
         if types != [v.type for v in inits.values()]:
+            self.el.nodes = before  # elaborated again, one iteration at a time
             return False
-        for _ in range((n - 1) * len(graph)):  # the budget counts every iteration
-            self.el.count_node(st.span)
+        ops = self.el.nodes - before
+        self.el.count_repeats(n - 1, ops, st.span,
+                              f"this stack of {n:,} iterations of {ops:,} ops")
         module = _collapse(scope, st.span)
         if module is not None:
             self.scope.modules[label] = Stack(items=(module,) * n, span=st.span)
@@ -1325,8 +1348,7 @@ class ClassBuilder:
                 node = _substitute(node, var, k, mapping) if rollable else \
                     node.model_copy(update={"inputs": tuple(mapping.get(i, i)
                                                             for i in node.inputs)})
-                self.el.count_node(node.span)
-                self.gb.graph.add(node)
+                self.gb.graph.add(node)  # counted when its iteration was elaborated
                 for o in node.outs:
                     if o in graph.names:
                         self.gb.graph.names.setdefault(o, graph.names[o])
@@ -1348,6 +1370,7 @@ class ClassBuilder:
         if not inits:
             fail("this loop changes nothing", st.span,
                  "assign to a value defined before the loop, e.g. `s = core(s)`", code="A031")
+        before = self.el.nodes
         body_env, gb = self._open_body(env, inits, label, var)
         body_env.set(var, RuntimeScalar(("var", var)), st.span)
         self.loops.append(LoopFrame(var, count.bound, "loop", var))
@@ -1355,6 +1378,9 @@ class ClassBuilder:
             _no_return(self.body(st.body, body_env), st)
         finally:
             self.loops.pop()
+        ops = self.el.nodes - before
+        self.el.count_repeats(count.bound - 1, ops, st.span,
+                              f"this loop of up to {count.bound:,} iterations of {ops:,} ops")
         for name in body_env.vars:
             if name not in inits and name != var and env.find(name) is not None:
                 fail(f"`{name}` is reassigned inside a loop body", body_env.spans.get(name),
