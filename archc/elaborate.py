@@ -38,6 +38,7 @@ class Budget:
 
     max_nodes: int = 200_000
     max_params: int = 20_000_000_000
+    max_bytes: int | None = None  # for archc.build's weights; None: the memory available
 
 
 BUDGET_HINT = ("lower the depth, or raise the budget: `--max-nodes N` on the command line, "
