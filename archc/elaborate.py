@@ -148,22 +148,45 @@ class AdaptCfg:
 # ----------------------------------------------------------------------------- scopes
 
 
+class _Names(dict):
+    """A scope's module names; notes when one is deleted (so fresh names may reuse it)."""
+
+    freed = False
+
+    def __delitem__(self, key) -> None:
+        super().__delitem__(key)
+        self.freed = True
+
+    def pop(self, *args):
+        self.freed = True
+        return super().pop(*args)
+
+
 class ModuleScope:
     """Where instances made at this point of the program live (a class, or one iteration)."""
 
     def __init__(self, prefix: Ref | None, reserved: set[str] = frozenset()):
         self.prefix = prefix
-        self.modules: dict[str, Module | None] = {}
+        self.modules: dict[str, Module | None] = _Names()
         self.reserved = set(reserved)
+        self.next: dict[str, int] = {}  # base -> the first suffix fresh() may try
 
     def ref(self, name: str, idx=None) -> Ref:
         return self.prefix.child(name, idx) if self.prefix else Ref(path=((name, idx),))
 
     def fresh(self, base: str) -> str:
-        name, n = base, 0
+        """The first free name of base, base_1, base_2, ... Suffixes below the last one
+        returned were taken when it was, and stay taken unless a name is deleted, so the
+        search resumes there (from 0 on every call it was quadratic in the instances)."""
+        if self.modules.freed:
+            self.next.clear()
+            self.modules.freed = False
+        n = self.next.get(base, 0)
+        name = f"{base}_{n}" if n else base
         while name in self.modules or name in self.reserved:
             n += 1
             name = f"{base}_{n}"
+        self.next[base] = n
         return name
 
     def claim(self, name: str, span: Span | None) -> str:
