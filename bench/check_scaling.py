@@ -20,6 +20,11 @@ it, as the pipeline runs it; the canonicalize row includes CSE), codegen (the to
 source), cost (archc.analysis.cost) and hash (archc.identity). The budget is raised to fit
 the largest size (at its default of 200,000 ops the 100k-statement specs are refused).
 
+Python's cyclic garbage collector is a good part of every stage (about half at 10k
+statements) and its full collections land on whichever stage is running: a lone spike in
+one row at one size is that, not the stage's growth; the heap is collected before each
+stage to keep them apart.
+
 Columns: seconds per stage, then microseconds per statement, and the growth exponent
 between consecutive sizes, log(t2 / t1) / log(n2 / n1): ~1 is linear, ~2 quadratic.
 A stage that took more than --limit seconds at one size is not run at larger ones ("-"),
@@ -31,6 +36,7 @@ without timing it.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import sys
 import time
@@ -73,6 +79,7 @@ def stage_times(text: str, skip: set[str]) -> dict[str, float]:
     out: dict[str, float] = {}
 
     def timed(name, fn):
+        gc.collect()  # so a stage does not pay for the garbage of the one before
         start = time.process_time()
         value = fn()
         out[name] = time.process_time() - start
