@@ -29,6 +29,7 @@ class Spec:
     program: Program
     overrides: dict[str, Any]
     compiled: dict[tuple, Program] = field(default_factory=dict)
+    budget: Budget | None = None
 
     @property
     def name(self) -> str:
@@ -66,11 +67,12 @@ def load(spec: "str | Path | Spec", budget: Budget | None = None, **params: Any)
             return spec
         file, text = spec.file, spec.text
         params = {**spec.overrides, **params}
+        budget = budget or spec.budget
     else:
         file, text = _read(spec)
     model = syntax.parse(text, file)
     program = elaborate(model, params, budget)
-    return Spec(file, text, program, dict(params))
+    return Spec(file, text, program, dict(params), budget=budget)
 
 
 REWRITES = ("widen",)
@@ -107,14 +109,18 @@ def compile_source(spec: "str | Path | Spec", mode: str = "train", rewrites=(),
 
 def build(spec: "str | Path | Spec", mode: str = "train", rewrites=(), **params: Any):
     """Compile a spec and return its torch.nn.Module (in train mode). mode="infer" builds
-    the inference form: train-time choices fixed to the inference map, dead weights gone."""
+    the inference form: train-time choices fixed to the inference map, dead weights gone.
+    Weights that would not fit in memory are an ArchcError before any tensor exists
+    (archc/memory.py; `archc.load(spec, budget=archc.Budget(max_bytes=N))` sets the limit)."""
     import types
 
     loaded = load(spec, **params)
     from .codegen.escape import file_name
     from .codegen.torch import generate, root_class
+    from .memory import check_build_memory
 
     program = compile_program(loaded, mode, tuple(rewrites))
+    check_build_memory(program, loaded.budget.max_bytes if loaded.budget else None)
     source = generate(program)
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     name = f"archc_generated.{loaded.program.name}_{digest}"

@@ -57,6 +57,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="refuse specs with more parameters than this")
     p.add_argument("--max-nodes", type=int, default=None,
                    help="refuse specs with more IR ops than this")
+    p.add_argument("--max-bytes", type=int, default=None,
+                   help="refuse to build weights of more bytes than this "
+                   "(default: the memory available)")
 
 
 def _mode(p: argparse.ArgumentParser) -> None:
@@ -179,6 +182,8 @@ def _load(args, parser):
         budget.max_params = args.max_params
     if args.max_nodes is not None:
         budget.max_nodes = args.max_nodes
+    if args.max_bytes is not None:
+        budget.max_bytes = args.max_bytes
     spec_path = Path(args.spec)
     if not spec_path.is_file():
         raise ArchcError(f"no spec file at {args.spec!r}", None,

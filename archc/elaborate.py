@@ -39,6 +39,11 @@ class Budget:
 
     max_nodes: int = 200_000
     max_params: int = 20_000_000_000
+    max_bytes: int | None = None  # for archc.build's weights; None: the memory available
+
+
+BUDGET_HINT = ("lower the depth, or raise the budget: `--max-nodes N` on the command line, "
+               "`archc.load(spec, budget=archc.Budget(max_nodes=N))` in Python")
 
 
 # ----------------------------------------------------------------------------- values
@@ -144,22 +149,45 @@ class AdaptCfg:
 # ----------------------------------------------------------------------------- scopes
 
 
+class _Names(dict):
+    """A scope's module names; notes when one is deleted (so fresh names may reuse it)."""
+
+    freed = False
+
+    def __delitem__(self, key) -> None:
+        super().__delitem__(key)
+        self.freed = True
+
+    def pop(self, *args):
+        self.freed = True
+        return super().pop(*args)
+
+
 class ModuleScope:
     """Where instances made at this point of the program live (a class, or one iteration)."""
 
     def __init__(self, prefix: Ref | None, reserved: set[str] = frozenset()):
         self.prefix = prefix
-        self.modules: dict[str, Module | None] = {}
+        self.modules: dict[str, Module | None] = _Names()
         self.reserved = set(reserved)
+        self.next: dict[str, int] = {}  # base -> the first suffix fresh() may try
 
     def ref(self, name: str, idx=None) -> Ref:
         return self.prefix.child(name, idx) if self.prefix else Ref(path=((name, idx),))
 
     def fresh(self, base: str) -> str:
-        name, n = base, 0
+        """The first free name of base, base_1, base_2, ... Suffixes below the last one
+        returned were taken when it was, and stay taken unless a name is deleted, so the
+        search resumes there (from 0 on every call it was quadratic in the instances)."""
+        if self.modules.freed:
+            self.next.clear()
+            self.modules.freed = False
+        n = self.next.get(base, 0)
+        name = f"{base}_{n}" if n else base
         while name in self.modules or name in self.reserved:
             n += 1
             name = f"{base}_{n}"
+        self.next[base] = n
         return name
 
     def claim(self, name: str, span: Span | None) -> str:
@@ -224,6 +252,7 @@ class Elaborator:
         self.class_names: set[str] = set()
         self.block_stack: list[tuple[str, Span | None]] = []
         self.nodes = 0
+        self.class_sizes: dict[str, int] = {}  # ops one call of a class stands for
         self.rope: dict[tuple[int, float], str] = {}
         self.globals: dict[str, Any] = {}
         self.param_info: dict[str, ParamInfo] = {}
@@ -498,6 +527,7 @@ class Elaborator:
                      "blocks cannot recurse; use `for` or `loop` for depth", code="A033",
                      labels=[(block.name_span, "defined here")])
         self.block_stack.append((block.name, span))
+        before = self.nodes
         try:
             cls = self._class_name(block.name)
             cb = ClassBuilder(self, cls, block.name, adapt, block.span)
@@ -528,6 +558,7 @@ class Elaborator:
         finally:
             self.block_stack.pop()
         self.class_keys[key] = cls
+        self.class_sizes[cls] = self.nodes - before
         return cls, out.type
 
     def _bind_block_params(self, block: S.Block, kwargs: dict[str, Any], env: Env) -> None:
@@ -569,7 +600,16 @@ class Elaborator:
         self.nodes += 1
         if self.nodes > self.budget.max_nodes:
             fail(f"the model has more than {self.budget.max_nodes:,} ops, over the size budget",
-                 span, "lower the depth, or raise the budget (--max-nodes)", code="A040")
+                 span, BUDGET_HINT, code="A040")
+
+    def count_repeats(self, times: int, ops: int, span: Span | None, what: str) -> None:
+        """Count `times` more runs of `ops` ops elaborated once (the other iterations of a
+        stack, another call of a block class), so nested stacks count at their full size,
+        the product of their trip counts, and are refused before any of it is built."""
+        self.nodes += max(times, 0) * ops
+        if self.nodes > self.budget.max_nodes:
+            fail(f"{what} brings the model to {self.nodes:,} ops, over the size budget "
+                 f"of {self.budget.max_nodes:,}", span, BUDGET_HINT, code="A040")
 
 
 # ----------------------------------------------------------------------------- one class
@@ -1042,7 +1082,11 @@ class ClassBuilder:
         return self.expand_op(opdef, inst, inputs, e, env)
 
     def call_block(self, inst: Inst, block: S.Block, inputs, adapt, span) -> TensorVal:
+        before = self.el.nodes
         cls, _ = self.el.block_class(block, inst.kwargs, inputs, adapt, span)
+        if self.el.nodes == before:  # elaborated before: this call still runs all of it
+            ops = self.el.class_sizes.get(cls, 0)
+            self.el.count_repeats(1, ops, span, f"this call of `{block.name}` ({ops:,} ops)")
         self.materialize(inst, BlockInst(cls=cls, args=_instance_args(block, inst), span=inst.span),
                          span)
         attrs = {"cls": cls}
@@ -1276,6 +1320,7 @@ class ClassBuilder:
         False (and nothing emitted) if the body changes a carried width: then the
         iterations differ after all and are elaborated one by one."""
         var = st.vars[0]
+        before = self.el.nodes
         inits = self._carried(st.body, env)
         body_env, gb = self._open_body(env, inits, label, sym)
         body_env.set(var, 0, st.span)
@@ -1289,9 +1334,11 @@ class ClassBuilder:
         graph = _rewrite_refs(gb.graph, scope)
         types = [graph.types[o] for o in graph.outputs]
         if types != [v.type for v in inits.values()]:
+            self.el.nodes = before  # elaborated again, one iteration at a time
             return False
-        for _ in range((n - 1) * len(graph)):  # the budget counts every iteration
-            self.el.count_node(st.span)
+        ops = self.el.nodes - before
+        self.el.count_repeats(n - 1, ops, st.span,
+                              f"this stack of {n:,} iterations of {ops:,} ops")
         module = _collapse(scope, st.span)
         if module is not None:
             self.scope.modules[label] = Stack(items=(module,) * n, span=st.span)
@@ -1332,8 +1379,7 @@ class ClassBuilder:
                 node = _substitute(node, var, k, mapping) if rollable else \
                     node.model_copy(update={"inputs": tuple(mapping.get(i, i)
                                                             for i in node.inputs)})
-                self.el.count_node(node.span)
-                self.gb.graph.add(node)
+                self.gb.graph.add(node)  # counted when its iteration was elaborated
                 for o in node.outs:
                     if o in graph.names:
                         self.gb.graph.names.setdefault(o, graph.names[o])
@@ -1353,6 +1399,7 @@ class ClassBuilder:
         if not inits:
             fail("this loop changes nothing", st.span,
                  "assign to a value defined before the loop, e.g. `s = core(s)`", code="A031")
+        before = self.el.nodes
         body_env, gb = self._open_body(env, inits, label, var)
         if st.var is not None:
             body_env.set(st.var, RuntimeScalar(("var", var)), st.span)
@@ -1361,6 +1408,9 @@ class ClassBuilder:
             _no_return(self.body(st.body, body_env), st)
         finally:
             self.loops.pop()
+        ops = self.el.nodes - before
+        self.el.count_repeats(count.bound - 1, ops, st.span,
+                              f"this loop of up to {count.bound:,} iterations of {ops:,} ops")
         for name in body_env.vars:
             if name not in inits and name != st.var and env.find(name) is not None:
                 fail(f"`{name}` is reassigned inside a loop body", body_env.spans.get(name),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,14 @@ class Source:
     name: str
     text: str
 
+    @cached_property
+    def lines(self) -> list[str]:
+        """Split once: codegen quotes a line per statement (a split per quote was
+        quadratic in the spec's length)."""
+        return self.text.splitlines()
+
     def line(self, n: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.lines
         return lines[n - 1] if 0 < n <= len(lines) else ""
 
 

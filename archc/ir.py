@@ -284,10 +284,7 @@ class BlockDef(BaseModel):
     iterations: int | None = None
 
     def module(self, name: str) -> Module | None:
-        for n, m in self.modules:
-            if n == name:
-                return m
-        return None
+        return _module_index(self.modules).get(name)
 
 
 class ParamInfo(BaseModel):
@@ -322,6 +319,27 @@ class WeightGroup(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.cls}.{self.ref}: {self.module} <- {', '.join(self.uses)}"
+
+
+
+_INDEX: dict[int, tuple[tuple, dict]] = {}  # id(modules) -> (modules, name -> module)
+
+
+def _module_index(modules: tuple[tuple[str, Module], ...]) -> dict[str, Module]:
+    """A class's modules by name, built once per modules tuple (a scan per lookup made
+    resolving every op of a 20k-op class quadratic). Keyed by identity and holding the
+    tuple, so an entry can never answer for another tuple; the first name wins, as the
+    scan did."""
+    hit = _INDEX.get(id(modules))
+    if hit is not None and hit[0] is modules:
+        return hit[1]
+    index: dict[str, Module] = {}
+    for name, m in modules:
+        index.setdefault(name, m)
+    if len(_INDEX) > 4096:
+        _INDEX.clear()
+    _INDEX[id(modules)] = (modules, index)
+    return index
 
 
 class Program(BaseModel):

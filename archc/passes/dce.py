@@ -68,15 +68,24 @@ def _used_paths(graph: Graph, acc: set) -> set:
     return acc
 
 
+def _by_name(paths) -> dict[str, list[tuple]]:
+    """Paths grouped by the module name they start with: (index used on it, path inside).
+    Grouping once keeps pruning linear in the paths (a filter per child was quadratic)."""
+    out: dict[str, list[tuple]] = {}
+    for path in paths:
+        out.setdefault(path[0][0], []).append((path[0][1], path[1:]))
+    return out
+
+
 def _prune(module: Module, rests: list[tuple]) -> Module:
     """Keep the parts of a module the remaining paths reach; a path that ends here keeps
     the whole subtree (a leaf, or a block instance that a call uses)."""
     if any(len(r) == 0 for r in rests) or not isinstance(module, Group):
         return module
     children = []
+    by_name = _by_name(rests)
     for name, child in module.children:
-        entries = [(r[0][1], r[1:]) for r in rests if r[0][0] == name]
-        kept = _prune_selected(child, entries)
+        kept = _prune_selected(child, by_name.get(name, []))
         if kept is not None:
             children.append((name, kept))
     return module.model_copy(update={"children": tuple(children)})
@@ -88,9 +97,14 @@ def _prune_selected(module: Module, entries: list[tuple]) -> Module | None:
         return None
     if not isinstance(module, Stack):
         return _prune(module, [rest for _, rest in entries])
+    every = [rest for idx, rest in entries if idx is None or isinstance(idx, str)]
+    at: dict[int, list[tuple]] = {}
+    for idx, rest in entries:
+        if isinstance(idx, int):
+            at.setdefault(idx, []).append(rest)
     items = []
     for k, item in enumerate(module.items):
-        rests = [rest for idx, rest in entries if idx is None or isinstance(idx, str) or idx == k]
+        rests = every + at.get(k, [])
         # an unreached iteration keeps its place (indices stay aligned) but no weights
         items.append(_prune(item, rests) if rests else Group(children=()))
     if all(isinstance(m, Group) and not m.children for m in items):
@@ -99,10 +113,10 @@ def _prune_selected(module: Module, entries: list[tuple]) -> Module | None:
 
 
 def _prune_block(block: BlockDef) -> BlockDef:
-    paths = _used_paths(block.graph, set())
+    by_name = _by_name(_used_paths(block.graph, set()))
     modules = []
     for name, module in block.modules:
-        kept = _prune_selected(module, [(p[0][1], p[1:]) for p in paths if p[0][0] == name])
+        kept = _prune_selected(module, by_name.get(name, []))
         if kept is not None:
             modules.append((name, kept))
     return block.model_copy(update={"modules": tuple(modules)})
@@ -116,9 +130,9 @@ def dce(program: Program) -> Program:
         graph = block.graph
         if program.mode == "infer":
             graph = _resolve_choices(graph, {})
-        changed = True
-        while changed:
-            graph, changed = _sweep(graph)
+        # One sweep is a fixpoint: nodes are in program order and it walks them last to
+        # first, so each node is judged after every node that could read it.
+        graph, _changed = _sweep(graph)
         classes[cls] = _prune_block(block.model_copy(update={"graph": graph}))
     return program.model_copy(update={"classes": classes})
 

@@ -15,6 +15,13 @@ input of repetition m + 1 is its own value, the same outer value as in repetitio
 capture), or a value repetition m made (carried state, of unchanged type). Each
 repetition applies at least one module. Of the longest runs the shortest window wins.
 
+How runs are found in near-linear time (the result is the exhaustive search's): each
+node's signature is computed once and interned as a number, so a graph is a string of
+numbers; a run of window L repeats its window's numbers with period L, so a window length
+is tried only if the node L ahead has the same number, the window holds no node whose
+number never recurs, and the period-L stretch (measured with prefix hashes) is long
+enough to beat the best run so far.
+
 Invariant: the loop computes the same values in the same order (the same ops, the same
 draws of randomness, the same KV-cache slots in the same order). Values bound inside the
 run must not be used elsewhere: only the last repetition's carried values leave it, as
@@ -25,6 +32,7 @@ block runs as a scan that a loop would break).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,10 +107,11 @@ class _Roller:
                 node = node.model_copy(update={"body": self.graph(node.body, inner)})
             nodes.append(node)
         users = _users(nodes, graph.outputs)
+        sigs = _Signatures(nodes)
         runs = []  # (start, length, count, wiring), left to right, not overlapping
         i = 0
         while i < len(nodes):
-            found = self.best_run(nodes, i, users, graph.types)
+            found = self.best_run(nodes, sigs, i, users, graph.types)
             if found is None:
                 i += 1
                 continue
@@ -124,28 +133,33 @@ class _Roller:
         out.outputs = list(graph.outputs)
         return out
 
-    def best_run(self, nodes: list[Node], i: int, users: dict[str, set],
-                 types: dict) -> tuple | None:
+    def best_run(self, nodes: list[Node], sigs: "_Signatures", i: int,
+                 users: dict[str, set], types: dict) -> tuple | None:
+        """The run starting at node i that covers most nodes (of those, the shortest
+        window), or None. Window lengths that cannot beat the best so far are skipped
+        without being tried (see _Signatures)."""
         best = None
-        head = _signature(nodes[i])
-        for length in range(1, (len(nodes) - i) // 2 + 1):
-            if _signature(nodes[i + length]) != head:
+        covered = 0  # nodes the best run so far covers
+        for length in sigs.lengths(i):
+            if covered >= len(nodes) - i:
+                break  # nothing can cover more
+            if sigs.bound(i, length) <= covered or not sigs.applies(i, length):
                 continue
             window = nodes[i:i + length]
-            if not any(n.ref is not None for n in window):
-                continue
-            wiring = _wiring(window, nodes[i + length:i + 2 * length], types)
+            wiring = _wiring(window, nodes[i + length:i + 2 * length], types,
+                             sigs.ids[i:i + length], sigs.ids[i + length:i + 2 * length])
             if wiring is None:
                 continue
             count = 2
             while i + length * (count + 1) <= len(nodes) and _follows(
                     wiring, nodes[i + length * (count - 1):i + length * count],
-                    nodes[i + length * count:i + length * (count + 1)]):
+                    nodes[i + length * count:i + length * (count + 1)],
+                    sigs.same(i + length * (count - 1), i + length * count, length)):
                 count += 1
-            while count >= 2 and not _contained(nodes, i, length, count, wiring, users):
-                count -= 1
-            if count >= 2 and (best is None or length * count > best[0] * best[1]):
+            count = _contained_count(nodes, i, length, count, wiring, users)
+            if count >= 2 and length * count > covered:
                 best = (length, count, wiring)
+                covered = length * count
         return best
 
     def loop(self, window: list[Node], last: list[Node], count: int, wiring: _Wiring,
@@ -194,6 +208,79 @@ class _Roller:
         return f"i{n}"
 
 
+_MOD = (1 << 61) - 1  # a Mersenne prime: prefix hashes of signature strings
+_BASE = 1_000_003
+
+
+class _Signatures:
+    """A graph's nodes as a string of interned signature numbers, with what best_run
+    needs to skip window lengths that cannot win, each answered without comparing
+    nodes: the lengths worth trying at a position, an upper bound on what a run of a
+    given window covers, and whether a window applies a module.
+
+    The bound is exact-safe: it comes from the longest stretch with period L, found by
+    binary search over prefix hashes; a hash collision can only lengthen that stretch
+    (a looser bound, more work), never shorten it, so no winning run is ever skipped."""
+
+    def __init__(self, nodes: list[Node]):
+        numbers: dict[tuple, int] = {}
+        self.ids = [numbers.setdefault(_signature(n), len(numbers)) for n in nodes]
+        n = len(nodes)
+        self.where: dict[int, list[int]] = {}
+        for k, sid in enumerate(self.ids):
+            self.where.setdefault(sid, []).append(k)
+        # first[k]: the first position >= k whose number never occurs again after it. A
+        # window must end before it: every node of a window recurs one window later.
+        self.first = [n] * (n + 1)
+        last_seen: set[int] = set()
+        for k in range(n - 1, -1, -1):
+            recurs = self.ids[k] in last_seen
+            last_seen.add(self.ids[k])
+            self.first[k] = self.first[k + 1] if recurs else k
+        self.refs = [0] * (n + 1)  # prefix counts of nodes that apply a module
+        for k, node in enumerate(nodes):
+            self.refs[k + 1] = self.refs[k] + (node.ref is not None)
+        self.hash = [0] * (n + 1)
+        self.power = [1] * (n + 1)
+        for k, sid in enumerate(self.ids):
+            self.hash[k + 1] = (self.hash[k] * _BASE + sid + 1) % _MOD
+            self.power[k + 1] = self.power[k] * _BASE % _MOD
+
+    def lengths(self, i: int):
+        """Window lengths to try at i, shortest first: the node one window ahead has
+        node i's number, and the window ends before a node that never recurs."""
+        most = min((len(self.ids) - i) // 2, self.first[i] - i)
+        occurrences = self.where[self.ids[i]]
+        lo = bisect_right(occurrences, i)
+        hi = bisect_right(occurrences, i + most)
+        for k in range(lo, hi):
+            yield occurrences[k] - i
+
+    def applies(self, i: int, length: int) -> bool:
+        return self.refs[i + length] > self.refs[i]
+
+    def _substring(self, start: int, length: int) -> int:
+        return (self.hash[start + length] - self.hash[start] * self.power[length]) % _MOD
+
+    def same(self, a: int, b: int, length: int) -> bool:
+        """Do positions a.. and b.. hold the same numbers for `length` nodes (exact)?"""
+        return self.ids[a:a + length] == self.ids[b:b + length]
+
+    def bound(self, i: int, length: int) -> int:
+        """At most how many nodes a run of this window starting at i covers (0: it
+        cannot repeat even twice)."""
+        lo, hi = 0, len(self.ids) - i - length  # stretch of period `length` beyond i
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._substring(i, mid) == self._substring(i + length, mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo < length:
+            return 0
+        return length * (1 + lo // length)
+
+
 def _users(nodes: list[Node], outputs: list[str]) -> dict[str, set]:
     """value -> positions of the nodes reading it (-1: a graph output)."""
     users: dict[str, set] = {}
@@ -205,14 +292,16 @@ def _users(nodes: list[Node], outputs: list[str]) -> dict[str, set]:
     return users
 
 
-def _wiring(first: list[Node], second: list[Node], types: dict) -> _Wiring | None:
-    """How `second` repeats `first`, or None if it does not."""
+def _wiring(first: list[Node], second: list[Node], types: dict, first_ids: list[int],
+            second_ids: list[int]) -> _Wiring | None:
+    """How `second` repeats `first` (their nodes' signature numbers given), or None if
+    it does not."""
+    if first_ids != second_ids:
+        return None
     made = {o: (p, k) for p, node in enumerate(first) for k, o in enumerate(node.outs)}
     made2 = {o: (p, k) for p, node in enumerate(second) for k, o in enumerate(node.outs)}
     w = _Wiring()
     for p, (a_node, b_node) in enumerate(zip(first, second)):
-        if _signature(a_node) != _signature(b_node):
-            return None
         for s, (a, b) in enumerate(zip(a_node.inputs, b_node.inputs)):
             if a in made:
                 if made2.get(b) != made[a]:
@@ -234,11 +323,12 @@ def _wiring(first: list[Node], second: list[Node], types: dict) -> _Wiring | Non
     return w
 
 
-def _follows(w: _Wiring, prev: list[Node], nxt: list[Node]) -> bool:
-    """Does `nxt` repeat `prev` with the wiring the run started with?"""
+def _follows(w: _Wiring, prev: list[Node], nxt: list[Node], same: bool) -> bool:
+    """Does `nxt` repeat `prev` with the wiring the run started with? (`same`: do their
+    nodes have the same signatures.)"""
+    if not same:
+        return False
     for p, (a_node, b_node) in enumerate(zip(prev, nxt)):
-        if _signature(a_node) != _signature(b_node):
-            return False
         for s, b in enumerate(b_node.inputs):
             if (p, s) in w.internal:
                 q, k = w.internal[(p, s)]
@@ -253,25 +343,34 @@ def _follows(w: _Wiring, prev: list[Node], nxt: list[Node]) -> bool:
     return True
 
 
-def _contained(nodes: list[Node], i: int, length: int, count: int, w: _Wiring,
-               users: dict[str, set]) -> bool:
-    """Are the run's values read only inside it (the last repetition's carried values
-    excepted)?"""
-    carried_out = set(w.inits)
-    for m in range(count):
-        start = i + length * m
-        for p in range(length):
-            for k, o in enumerate(nodes[start + p].outs):
-                carried = (p, k) in carried_out
-                if m == count - 1:
-                    if carried:
-                        continue  # the loop's outputs
-                    limit = start + length
-                else:  # carried state is read by the next repetition only
-                    limit = start + (2 * length if carried else length)
-                if any(r == -1 or r < start or r >= limit for r in users.get(o, ())):
-                    return False
+def _private(nodes: list[Node], start: int, length: int, w: _Wiring,
+             users: dict[str, set], last: bool) -> bool:
+    """Are the values of the repetition at `start` read only where a run allows? Inside
+    the repetition; carried state also by the next one, or, in the last repetition,
+    anywhere (it leaves the loop as its outputs)."""
+    for p in range(length):
+        for k, o in enumerate(nodes[start + p].outs):
+            carried = (p, k) in w.inits
+            if last and carried:
+                continue  # the loop's outputs
+            limit = start + (2 * length if carried and not last else length)
+            if any(r == -1 or r < start or r >= limit for r in users.get(o, ())):
+                return False
     return True
+
+
+def _contained_count(nodes: list[Node], i: int, length: int, count: int, w: _Wiring,
+                     users: dict[str, set]) -> int:
+    """The most repetitions, at most `count`, whose values are read only inside the run
+    (the last repetition's carried values excepted); < 2 if none. A repetition before
+    the last is checked the same way whatever the count, so each is checked once."""
+    inner = 0  # repetitions 0 .. inner-1 are private as inner repetitions
+    while inner < count - 1 and _private(nodes, i + length * inner, length, w, users, False):
+        inner += 1
+    for c in range(min(count, inner + 1), 1, -1):
+        if _private(nodes, i + length * (c - 1), length, w, users, True):
+            return c
+    return 0
 
 
 def _scans(block: BlockDef) -> bool:

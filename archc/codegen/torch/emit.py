@@ -165,11 +165,12 @@ def _module_expr(m: Module, indent: str, ctx: _Context) -> str:
     if isinstance(m, Stack):
         first = m.items[0]
         if all(_same(first, item) for item in m.items):
-            body = _module_expr(first, indent, ctx)
+            inner = indent + INDENT
+            # Built once (a one-line expression does not depend on the indent): building
+            # it again per nesting level made nested stacks exponential.
+            body = _module_expr(first, inner, ctx)
             if "\n" not in body and len(body) < 60:
                 return f"nn.ModuleList([{body} for _ in range({len(m.items)})])"
-            inner = indent + INDENT
-            body = _module_expr(first, inner, ctx)
             return (f"nn.ModuleList([\n{inner}{body}\n{inner}for _ in range({len(m.items)})"
                     f"\n{indent}])")
         inner = indent + INDENT
@@ -179,7 +180,7 @@ def _module_expr(m: Module, indent: str, ctx: _Context) -> str:
 
 
 def _same(a: Module, b: Module) -> bool:
-    return a.model_dump() == b.model_dump()
+    return a is b or a.model_dump() == b.model_dump()
 
 
 # Runtime modules built from a leaf's args: class, positional args, keyword args.
