@@ -1,0 +1,243 @@
+"""Metamorphic relations over generated specs: properties that need no oracle (issue 8
+item 7). Each takes a `Case` from tests/fuzz/specgen.py and raises `Violation` when the
+relation does not hold; an `ArchcError` from a generated (valid) spec propagates, since a
+valid spec that archc refuses is a finding too.
+
+- rolled_unrolled: the default build (loops kept rolled) and the `unroll` pipeline
+  (`archc compile --unroll`) have the same state-dict names and, with one set of weights,
+  the same logits.
+- infer_reparam: the train build in eval, `archc.reparam(model)` and the inference build
+  (`mode="infer"`) loaded with reparam's weights compute the same logits; the inference
+  build's state-dict names are reparam's.
+- decode_prefill: feeding a prompt token by token (and in two chunks) through a cache gives
+  the logits of the full forward.
+- format_hash: `archc.format` is idempotent and keeps `archc.hash`.
+- cost_params: `archc.cost(...).params` equals the built module's parameter count.
+- cost_flops: `archc.cost(...).flops` equals torch's FlopCounterMode over one forward, as
+  tests/analysis/test_cost.py measures it (math SDPA backend so attention is counted).
+- same_source: the generated source is byte-identical in two fresh processes with
+  different PYTHONHASHSEED (`sources_in_subprocess`).
+
+Weights are perturbed away from their init before comparing (LoRA B, LayerScale and norm
+gains start at values that would hide a wrong fold or a dropped adapter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import archc
+from archc.errors import ArchcError
+
+ROOT = Path(__file__).resolve().parents[2]
+TOL = 1e-4
+BATCH = 2
+
+
+class Violation(AssertionError):
+    """A metamorphic relation that does not hold, with what differed."""
+
+    def __init__(self, relation: str, detail: str):
+        super().__init__(f"{relation}: {detail}")
+        self.relation = relation
+        self.detail = detail
+
+
+class NotApplicable(Exception):
+    """The relation has nothing to compare for this spec (e.g. no cache to decode with)."""
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def tokens_for(case, seq: int = 5, seed: int = 0):
+    torch = _torch()
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, case.vocab, (BATCH, seq), generator=g)
+
+
+def perturb(model, seed: int = 0):
+    """Move every weight off its init, reproducibly."""
+    torch = _torch()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def run(model, tokens, case, **kw):
+    torch = _torch()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        return model(tokens, **case.runtime, **kw)
+
+
+def close(relation: str, a, b, what: str) -> None:
+    torch = _torch()
+    if a.shape != b.shape:
+        raise Violation(relation, f"{what}: shapes {tuple(a.shape)} vs {tuple(b.shape)}")
+    if not torch.isfinite(a).all():
+        raise Violation(relation, f"{what}: non-finite logits")
+    diff = (a - b).abs().max().item()
+    scale = max(1.0, a.abs().max().item())
+    if diff > TOL * scale:
+        raise Violation(relation, f"{what}: max |diff| {diff:.3g}")
+
+
+def built(case, mode: str = "train"):
+    model = archc.build(case.text, mode=mode)
+    return perturb(model)
+
+
+# ---------------------------------------------------------------------------- relations
+
+def rolled_unrolled(case) -> None:
+    from archc.api import compile_program
+
+    rolled = built(case).eval()
+    flat_spec = archc.load(case.text)
+    flat_spec.compiled[("train", ())] = compile_program(flat_spec, "train", (), unroll=True)
+    flat = archc.build(flat_spec)
+    names_a, names_b = list(rolled.state_dict()), list(flat.state_dict())
+    if names_a != names_b:
+        only = sorted(set(names_a) ^ set(names_b))[:4]
+        raise Violation("rolled_unrolled", f"state-dict names differ: {only}")
+    flat.load_state_dict(rolled.state_dict())
+    flat.eval()
+    x = tokens_for(case)
+    close("rolled_unrolled", run(rolled, x, case), run(flat, x, case), "logits")
+
+
+def infer_reparam(case) -> None:
+    model = built(case).eval()
+    deploy = archc.reparam(model)
+    infer = archc.build(case.text, mode="infer")
+    if sorted(infer.state_dict()) != sorted(deploy.state_dict()):
+        raise Violation("infer_reparam", "inference build and reparam differ in weights")
+    infer.load_state_dict(deploy.state_dict())
+    infer.eval()
+    x = tokens_for(case)
+    want = run(model, x, case)
+    close("infer_reparam", want, run(deploy, x, case), "train-eval vs reparam")
+    close("infer_reparam", want, run(infer, x, case), "train-eval vs infer build")
+
+
+def decode_prefill(case, seq: int = 5) -> None:
+    torch = _torch()
+    model = built(case).eval()
+    if not hasattr(model, "new_cache"):
+        raise NotApplicable("no attention keeps a cache")
+    x = tokens_for(case, seq)
+    full = run(model, x, case)
+    try:
+        cache = model.new_cache(batch=BATCH, max_len=seq)
+        steps = [run(model, x[:, t:t + 1], case, cache=cache) for t in range(seq)]
+    except ArchcError as e:
+        raise NotApplicable(f"refused: {e.message}") from None
+    close("decode_prefill", full, torch.cat(steps, 1), "token by token")
+    cache = model.new_cache(batch=BATCH, max_len=seq)
+    cut = seq // 2
+    parts = [run(model, x[:, :cut], case, cache=cache), run(model, x[:, cut:], case, cache=cache)]
+    close("decode_prefill", full, torch.cat(parts, 1), f"chunks {cut}+{seq - cut}")
+
+
+def format_hash(case) -> None:
+    once = archc.format(case.text)
+    if archc.format(once) != once:
+        raise Violation("format_hash", "format is not idempotent")
+    if archc.hash(once) != archc.hash(case.text):
+        raise Violation("format_hash", "format changed the hash")
+
+
+def cost_params(case) -> None:
+    model = archc.build(case.text)
+    counted = sum(p.numel() for p in model.parameters())
+    predicted = archc.cost(case.text).params
+    if counted != predicted:
+        raise Violation("cost_params", f"cost says {predicted}, module has {counted}")
+
+
+def measured_flops(model, tokens, case) -> int:
+    torch = _torch()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), \
+            FlopCounterMode(display=False) as counter:
+        torch.manual_seed(0)
+        model(tokens, **case.runtime)
+    return counter.get_total_flops()
+
+
+def cost_flops(case) -> None:
+    model = archc.build(case.text)
+    for seq in (3, 6):  # two lengths pin both the per-token matmuls and attention's seq term
+        c = archc.cost(case.text, seq=seq, batch=BATCH, **case.runtime)
+        total = measured_flops(model, tokens_for(case, seq), case)
+        if "halting" in case.features:
+            ok = total <= c.flops  # an early exit runs fewer iterations than the count
+        else:
+            ok = total == c.flops
+        if not ok:
+            raise Violation("cost_flops", f"seq {seq}: cost says {c.flops}, torch counts {total}")
+        if c.flops != c.flops_per_token * seq * BATCH:
+            raise Violation("cost_flops", "flops != flops_per_token * seq * batch")
+
+
+RELATIONS = {
+    "rolled_unrolled": rolled_unrolled,
+    "infer_reparam": infer_reparam,
+    "decode_prefill": decode_prefill,
+    "format_hash": format_hash,
+    "cost_params": cost_params,
+    "cost_flops": cost_flops,
+}
+
+
+# ------------------------------------------------------------------- two processes
+
+_SOURCE_SCRIPT = """
+import hashlib, json, sys
+import archc
+out = []
+for text in json.load(sys.stdin):
+    try:
+        out.append(hashlib.sha256(archc.compile_source(text).encode()).hexdigest())
+    except archc.ArchcError as e:
+        out.append("archc-error " + e.code)
+json.dump(out, sys.stdout)
+"""
+
+
+def sources_in_subprocess(texts: list[str], hashseed: str) -> list[str]:
+    """The sha256 of each spec's generated source, computed in a fresh interpreter."""
+    env = {**os.environ, "PYTHONHASHSEED": hashseed,
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", _SOURCE_SCRIPT], input=json.dumps(texts),
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    if proc.returncode:
+        raise RuntimeError(f"source subprocess failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def same_source(texts: list[str]) -> list[int]:
+    """Indices of specs whose generated source differs between two processes (hash seeds
+    0 and 4242) or between them and this process."""
+    a = sources_in_subprocess(texts, "0")
+    b = sources_in_subprocess(texts, "4242")
+    here = []
+    for text in texts:
+        try:
+            here.append(hashlib.sha256(archc.compile_source(text).encode()).hexdigest())
+        except ArchcError as e:
+            here.append("archc-error " + e.code)
+    return [k for k, (x, y, z) in enumerate(zip(a, b, here)) if not x == y == z]
