@@ -241,3 +241,39 @@ def same_source(texts: list[str]) -> list[int]:
         except ArchcError as e:
             here.append("archc-error " + e.code)
     return [k for k, (x, y, z) in enumerate(zip(a, b, here)) if not x == y == z]
+
+
+# ------------------------------------------------------------------- known failures
+# Generated constructs that break a relation today, each another area's open work on
+# issue 8 (see /work/wt/_notes/AREAS.md). The CI tests keep the generator away from them
+# (specgen's `avoid`) and pin each with an xfail reproducer in test_metamorphic.py; the
+# lead removes an entry here once its fix is merged, and the fuzz then covers it again.
+# feature: (relations it breaks, "*" for all, the issue item)
+KNOWN = {
+    "non_causal": (("decode_prefill",),
+                   "issue 8 item 3 (wrongruntime): a cache with a non-causal attention "
+                   "decodes silently wrong instead of an archc error at new_cache"),
+    "nested_unnamed_loop": (("*",),
+                            "issue 8 item 3 (wrongstatic): two nested unnamed loops are "
+                            "refused, A011 'loop variable `i` shadows an enclosing loop's'"),
+    "identity_statement": (("*",),
+                           "issue 8 item 4 (errors): a body of only `x = x` generates a "
+                           "Python block without a statement (IndentationError)"),
+    "halting": (("decode_prefill",),
+                "issue 8 item 3 (wrongruntime): per-token halting with a KV cache leaves "
+                "skipped iterations' slots empty, so decode differs from prefill"),
+}
+
+
+def known_for(relation: str) -> frozenset:
+    """The features to keep out of the generator when testing `relation`."""
+    return frozenset(f for f, (rels, _) in KNOWN.items() if "*" in rels or relation in rels)
+
+
+def known_reason(case, relation: str) -> str | None:
+    """Why a failure of `relation` on `case` is expected today, if it is."""
+    for feature in sorted(case.features):
+        rels, why = KNOWN.get(feature, ((), ""))
+        if "*" in rels or relation in rels:
+            return f"{feature}: {why}"
+    return None

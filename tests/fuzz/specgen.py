@@ -314,7 +314,8 @@ class _Gen:
         if not self.in_block and "runtime_loop" in self.features and count.startswith("r") \
                 and self.allowed("halting") and self.d.boolean(0.2):
             per = lit(self.d.choice(("token", "sequence")))
-            head += f" until converged(x, tol=0.01, per={per})"
+            tol = self.d.choice(("0.01", "0.3", "1.0"))  # never, sometimes, soon
+            head += f" until converged(x, tol={tol}, per={per})"
             self.features.add("halting")
         self.features.add("loop")
         if i is None and self.unnamed_loops:
