@@ -130,12 +130,12 @@ def worker(task):
     import torch
 
     torch.set_num_threads(1)
-    from mutate import seeds
+    from mutate import SPECS, seeds
     from relations import RELATIONS, same_source
 
     RELATIONS_BY_NAME.update(RELATIONS)
     relations = [r for r in (args.relations.split(",") if args.relations else RELATIONS)]
-    sources = seeds()
+    sources = seeds(generated=len(SPECS))
     counts: collections.Counter = collections.Counter()
     failures = []
     texts = []
