@@ -259,6 +259,12 @@ KNOWN = {
     "identity_statement": (("*",),
                            "issue 8 item 4 (errors): a body of only `x = x` generates a "
                            "Python block without a statement (IndentationError)"),
+    "shadowed_index": (("rolled_unrolled",),
+                       "issue 8 item 3 (wrongstatic): in `loop n { for i in ... }` the inner "
+                       "`i` shadows the unnamed loop's index; iterations never run"),
+    "dead_value": (("cost_params", "cost_flops"),
+                   "issue 8 item 3 (wrongstatic): cost counts parameters and FLOPs of dead "
+                   "code that the built module drops"),
     "halting": (("decode_prefill",),
                 "issue 8 item 3 (wrongruntime): per-token halting with a KV cache leaves "
                 "skipped iterations' slots empty, so decode differs from prefill"),

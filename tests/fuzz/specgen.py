@@ -113,6 +113,7 @@ class _Gen:
         self.runtime: dict[str, int] = {}
         self.in_block = False
         self.unnamed_loops = 0    # enclosing `loop`s without an index name
+        self.nest_now = 0
 
     def allowed(self, feature: str) -> bool:
         return feature not in self.avoid
@@ -225,6 +226,12 @@ class _Gen:
 
     def residual(self, index: str | None) -> list[str]:
         form = self.d.choice(("pre", "pre", "pre", "post", "mix", "plain"))
+        top = self.nest_now == 0 and not self.in_block  # a loop of only it changes nothing
+        if top and self.allowed("dead_value") and self.d.boolean(0.05):
+            # a value nobody reads: on main cost counts its params and FLOPs while the
+            # built module drops it (issue 8 item 3, wrongstatic)
+            self.features.add("dead_value")
+            return [f"{self.fresh('y')} = linear(x, out={self.width})"]
         if form == "mix":
             return [f"x = gated_mix(x, {self.sublayer(self.norm('x'))})"]
         if form == "post":
@@ -269,6 +276,11 @@ class _Gen:
 
     def for_stack(self, nest: int) -> list[str]:
         i, label = self.fresh("i"), self.fresh("L")
+        if self.unnamed_loops and self.allowed("shadowed_index") and self.d.boolean(0.3):
+            # `loop n { for i ... }`: on main the inner `i` shadows the unnamed loop's own
+            # index and most iterations never run (issue 8 item 3, wrongstatic)
+            i = "i"
+            self.features.add("shadowed_index")
         n = self.d.integer(1, 3)
         self.features.add("for")
         ref = self.d.choice(("none", "none", "value", "kv"))
@@ -367,6 +379,7 @@ class _Gen:
 
     def statement(self, nest: int, index: str | None) -> list[str]:
         self.left -= 1
+        self.nest_now = nest
         kinds = ["residual", "residual", "residual"]
         if self.left > 0 and nest < MAX_NEST:
             kinds += ["for", "loop"]

@@ -19,7 +19,7 @@ import pytest
 from mutate import SHALLOW, judge, mutant, seeds
 
 SCALE = float(os.environ.get("ARCHC_FUZZ_SCALE", "1"))
-CASES = int(1200 * SCALE)
+CASES = int(1500 * SCALE)  # about 12 s on an idle machine
 TIMEOUT = 5.0
 
 HEAD = "model m(vocab: int = 16, d: int = 8)\nlet emb = embed(vocab=vocab, dim=d)\n" \
