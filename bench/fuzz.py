@@ -19,6 +19,7 @@ Outcome counts printed at the end:
   gen traceback:<Type>          another exception on a valid spec
   mut ok / mut ok-big           a mutant built and ran / checked but too large to build
   mut archc-error               a mutant refused with an ArchcError (the expected outcome)
+  gen/mut internal-error        an ArchcError A900: archc's verifier caught its own bug
   mut traceback:<Type> / hang   a mutant raised something else / ran past --timeout
 Failures in `gen` are split by whether a known open issue explains them (relations.KNOWN:
 "[known: feature]"). Every failing case is saved under --out as <outcome>/<case>.arch
@@ -97,7 +98,8 @@ def run_generated(k: int, args, relations) -> list[tuple[str, str, str, str]]:
         except Violation as e:
             outcome, detail = f"violation:{name}", e.detail
         except archc.ArchcError as e:
-            outcome, detail = "archc-error", f"{name}: {e.code} {e.message}"
+            kind = "internal-error" if e.code == "A900" else "archc-error"
+            outcome, detail = kind, f"{name}: {e.code} {e.message}"
         except Hang:
             outcome, detail = "hang", name
         except Exception as e:

@@ -90,6 +90,9 @@ REPRODUCERS = {
     "shadowed_index": ("rolled_unrolled", "loop 3 {\n  for i in 0..2 {\n"
                        "    x = x + linear(x, out=d)\n  }\n}\n"),
     "dead_value": ("cost_params", "y = linear(x, out=d)\n"),
+    "halting": ("decode_prefill", "let c = linear(out=d)\n"
+                "loop r max 3 until converged(x, tol=0.3, per=\"sequence\") {\n"
+                "  x = x + c(rmsnorm(x))\n}\n"),
 }
 
 
@@ -103,7 +106,8 @@ def test_every_known_failure_has_a_reproducer():
 def test_known_failure(feature):
     """The smallest spec of each known failure class; xfail until its area's fix lands."""
     relation, body = REPRODUCERS[feature]
-    case = Case(HEAD + body + TAIL, 16, 8, {feature})
+    runtime = {"r": 3} if "loop r" in body else {}
+    case = Case(HEAD + body + TAIL, 16, 8, {feature}, runtime)
     try:
         RELATIONS[relation](case)
     except NotApplicable:
