@@ -37,6 +37,7 @@ import os
 import random
 import re
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -77,9 +78,8 @@ def is_mutation(seed: int, k: int, share: float) -> bool:
 def run_generated(k: int, args, relations) -> list[tuple[str, str, str, str]]:
     """[(outcome, detail, text, features)] of one generated case, one per relation."""
     import archc
-    from mutate import Hang, _alarm
-    import signal
-    from relations import NotApplicable, Violation, known_reason, KNOWN
+    from mutate import Hang, on_alarm
+    from relations import KNOWN, NotApplicable, Violation, known_reason
     from specgen import generate_seeded
 
     avoid = frozenset(KNOWN) if args.avoid_known else frozenset()
@@ -88,7 +88,7 @@ def run_generated(k: int, args, relations) -> list[tuple[str, str, str, str]]:
     out = []
     for name in relations:
         fn = RELATIONS_BY_NAME[name]
-        signal.signal(signal.SIGALRM, _alarm)
+        signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, args.timeout)
         try:
             fn(case)

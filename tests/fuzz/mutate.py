@@ -168,7 +168,7 @@ class Hang(BaseException):
     compiler cannot swallow it)."""
 
 
-def _alarm(signum, frame):
+def on_alarm(signum, frame):
     raise Hang()
 
 
@@ -198,7 +198,7 @@ def judge(text: str, timeout: float = 5.0, forward: bool = True) -> tuple[str, s
     """(outcome, detail): outcome is "ok", "ok-big" (checked, too large to build),
     "archc-error", "internal-error" (an A900: archc's verifier caught its own bug), "hang"
     or "traceback:<ExceptionType>"."""
-    old = signal.signal(signal.SIGALRM, _alarm)
+    old = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         return _steps(text, forward), ""

@@ -109,7 +109,6 @@ class _Gen:
         self.serial = 0
         # (name, has a `hidden` param, has a linear of its own for LoRA to adapt)
         self.blocks: list[tuple[str, bool, bool]] = []
-        self.attentions: list[tuple[str, int, int, bool]] = []  # value, heads, kv, rope
         self.runtime: dict[str, int] = {}
         self.in_block = False
         self.unnamed_loops = 0    # enclosing `loop`s without an index name

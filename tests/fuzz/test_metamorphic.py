@@ -18,7 +18,6 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 
-import archc
 from relations import KNOWN, RELATIONS, NotApplicable, known_for, same_source
 from specgen import Case, generate_seeded
 from strategies import specs
