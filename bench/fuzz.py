@@ -107,7 +107,7 @@ def run_generated(k: int, args, relations) -> list[tuple[str, str, str, str]]:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         if outcome not in ("ok", "n/a"):
-            why = known_reason(case, name)
+            why = known_reason(case, name, outcome.startswith("violation"))
             if why:
                 outcome += f" [known: {why.split(':')[0]}]"
         out.append((outcome, detail, case.text, feats))

@@ -261,9 +261,10 @@ KNOWN = {
     "identity_statement": (("*",),
                            "issue 8 item 4 (errors): a body of only `x = x` generates a "
                            "Python block without a statement (IndentationError)"),
-    "shadowed_index": (("rolled_unrolled",),
+    "shadowed_index": (("*",),
                        "issue 8 item 3 (wrongstatic): in `loop n { for i in ... }` the inner "
-                       "`i` shadows the unnamed loop's index; iterations never run"),
+                       "`i` shadows the unnamed loop's index; iterations never run (also "
+                       "breaks rolled_unrolled and cost_params)"),
     "dead_value": (("cost_params", "cost_flops"),
                    "issue 8 item 3 (wrongstatic): cost counts parameters and FLOPs of dead "
                    "code that the built module drops"),
@@ -279,10 +280,12 @@ def known_for(relation: str) -> frozenset:
     return frozenset(f for f, (rels, _) in KNOWN.items() if "*" in rels or relation in rels)
 
 
-def known_reason(case, relation: str) -> str | None:
-    """Why a failure of `relation` on `case` is expected today, if it is: a feature known
-    to break this relation first, then one known to break every relation."""
-    for wanted in (lambda rels: relation in rels, lambda rels: "*" in rels):
+def known_reason(case, relation: str, violation: bool = True) -> str | None:
+    """Why a failure of `relation` on `case` is expected today, if it is. A violation is
+    blamed first on a feature known to break this relation, an error (refusal,
+    traceback) first on one known to break every relation."""
+    specific, general = (lambda rels: relation in rels), (lambda rels: "*" in rels)
+    for wanted in ((specific, general) if violation else (general, specific)):
         for feature in sorted(case.features):
             if wanted(KNOWN.get(feature, ((), ""))[0]):
                 return f"{feature}: {KNOWN[feature][1]}"
