@@ -74,11 +74,21 @@ def perturb(model, seed: int = 0):
     return model
 
 
-def run(model, tokens, case, **kw):
+def run(model, tokens, case, runtime=None, **kw):
+    """One forward at the case's run-time params (or `runtime`), from a fixed seed."""
     torch = _torch()
     with torch.no_grad():
         torch.manual_seed(0)
-        return model(tokens, **case.runtime, **kw)
+        return model(tokens, **(case.runtime if runtime is None else runtime), **kw)
+
+
+def bindings(case) -> list[dict[str, int]]:
+    """The run-time bindings a relation tries: the case's, and each run-time count at
+    1 and at its max (3), where a rolled loop and its unrolled or cached twin part ways."""
+    out = [dict(case.runtime)]
+    for name in case.runtime:
+        out += [{**case.runtime, name: 1}, {**case.runtime, name: 3}]
+    return out
 
 
 def close(relation: str, a, b, what: str) -> None:
@@ -114,7 +124,8 @@ def rolled_unrolled(case) -> None:
     flat.load_state_dict(rolled.state_dict())
     flat.eval()
     x = tokens_for(case)
-    close("rolled_unrolled", run(rolled, x, case), run(flat, x, case), "logits")
+    for rt in bindings(case):
+        close("rolled_unrolled", run(rolled, x, case, rt), run(flat, x, case, rt), f"logits {rt}")
 
 
 def infer_reparam(case) -> None:
@@ -126,9 +137,10 @@ def infer_reparam(case) -> None:
     infer.load_state_dict(deploy.state_dict())
     infer.eval()
     x = tokens_for(case)
-    want = run(model, x, case)
-    close("infer_reparam", want, run(deploy, x, case), "train-eval vs reparam")
-    close("infer_reparam", want, run(infer, x, case), "train-eval vs infer build")
+    for rt in bindings(case):
+        want = run(model, x, case, rt)
+        close("infer_reparam", want, run(deploy, x, case, rt), f"train-eval vs reparam {rt}")
+        close("infer_reparam", want, run(infer, x, case, rt), f"train-eval vs infer build {rt}")
 
 
 def decode_prefill(case, seq: int = 5) -> None:
@@ -137,17 +149,19 @@ def decode_prefill(case, seq: int = 5) -> None:
     if not hasattr(model, "new_cache"):
         raise NotApplicable("no attention keeps a cache")
     x = tokens_for(case, seq)
-    full = run(model, x, case)
-    try:
-        cache = model.new_cache(batch=BATCH, max_len=seq)
-        steps = [run(model, x[:, t:t + 1], case, cache=cache) for t in range(seq)]
-    except ArchcError as e:
-        raise NotApplicable(f"refused: {e.message}") from None
-    close("decode_prefill", full, torch.cat(steps, 1), "token by token")
-    cache = model.new_cache(batch=BATCH, max_len=seq)
     cut = seq // 2
-    parts = [run(model, x[:, :cut], case, cache=cache), run(model, x[:, cut:], case, cache=cache)]
-    close("decode_prefill", full, torch.cat(parts, 1), f"chunks {cut}+{seq - cut}")
+    for rt in bindings(case):  # one binding for the whole decode (a change is an error)
+        full = run(model, x, case, rt)
+        try:
+            cache = model.new_cache(batch=BATCH, max_len=seq)
+            steps = [run(model, x[:, t:t + 1], case, rt, cache=cache) for t in range(seq)]
+        except ArchcError as e:
+            raise NotApplicable(f"refused: {e.message}") from None
+        close("decode_prefill", full, torch.cat(steps, 1), f"token by token {rt}")
+        cache = model.new_cache(batch=BATCH, max_len=seq)
+        parts = [run(model, x[:, :cut], case, rt, cache=cache),
+                 run(model, x[:, cut:], case, rt, cache=cache)]
+        close("decode_prefill", full, torch.cat(parts, 1), f"chunks {cut}+{seq - cut} {rt}")
 
 
 def format_hash(case) -> None:
@@ -166,7 +180,7 @@ def cost_params(case) -> None:
         raise Violation("cost_params", f"cost says {predicted}, module has {counted}")
 
 
-def measured_flops(model, tokens, case) -> int:
+def measured_flops(model, tokens, runtime) -> int:
     torch = _torch()
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
@@ -174,21 +188,23 @@ def measured_flops(model, tokens, case) -> int:
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), \
             FlopCounterMode(display=False) as counter:
         torch.manual_seed(0)
-        model(tokens, **case.runtime)
+        model(tokens, **runtime)
     return counter.get_total_flops()
 
 
 def cost_flops(case) -> None:
     model = archc.build(case.text)
-    for seq in (3, 6):  # two lengths pin both the per-token matmuls and attention's seq term
-        c = archc.cost(case.text, seq=seq, batch=BATCH, **case.runtime)
-        total = measured_flops(model, tokens_for(case, seq), case)
+    runs = [(3, rt) for rt in bindings(case)] + [(6, case.runtime)]
+    for seq, rt in runs:  # two lengths pin both the per-token matmuls and attention's seq term
+        c = archc.cost(case.text, seq=seq, batch=BATCH, **rt)
+        total = measured_flops(model, tokens_for(case, seq), rt)
         if "halting" in case.features:
             ok = total <= c.flops  # an early exit runs fewer iterations than the count
         else:
             ok = total == c.flops
         if not ok:
-            raise Violation("cost_flops", f"seq {seq}: cost says {c.flops}, torch counts {total}")
+            raise Violation("cost_flops", f"seq {seq} {rt}: cost says {c.flops}, "
+                            f"torch counts {total}")
         if c.flops != c.flops_per_token * seq * BATCH:
             raise Violation("cost_flops", "flops != flops_per_token * seq * batch")
 
