@@ -21,8 +21,8 @@ Outcome counts printed at the end:
   mut archc-error               a mutant refused with an ArchcError (the expected outcome)
   gen/mut internal-error        an ArchcError A900: archc's verifier caught its own bug
   mut traceback:<Type> / hang   a mutant raised something else / ran past --timeout
-Failures in `gen` are split by whether a known open issue explains them (relations.KNOWN:
-"[known: feature]"). Every failing case is saved under --out as <outcome>/<case>.arch
+Failures are split by whether a known open issue explains them ("[known: ...]": a
+generated construct in relations.KNOWN, a mutant's failure class in mutate.KNOWN). Every failing case is saved under --out as <outcome>/<case>.arch
 (the spec text, exactly as run) with a .txt beside it (seed, outcome, detail, features);
 at most --keep per outcome. Each worker limits its address space to --memory GiB so a
 mutant that allocates terabytes fails as MemoryError rather than taking the machine.
@@ -115,11 +115,14 @@ def run_generated(k: int, args, relations) -> list[tuple[str, str, str, str]]:
 
 
 def run_mutation(k: int, args, sources) -> tuple[str, str, str, str]:
-    from mutate import judge, mutant
+    from mutate import judge, known_class, mutant
 
     rng = random.Random(case_seed(args.seed, k))
     text = mutant(rng.choice(sources), rng)
     outcome, detail = judge(text, timeout=args.timeout)
+    known = known_class(outcome, detail)
+    if known:
+        outcome += f" [known: {known}]"
     return outcome, detail, text, ""
 
 
