@@ -275,26 +275,9 @@ def same_source(texts: list[str]) -> list[int]:
 # lead removes an entry here once its fix is merged, and the fuzz then covers it again.
 # feature: (relations it breaks, "*" for all, the issue item)
 KNOWN = {
-    "non_causal": (("decode_prefill",),
-                   "issue 8 item 3 (wrongruntime): a cache with a non-causal attention "
-                   "decodes silently wrong instead of an archc error at new_cache"),
-    "nested_unnamed_loop": (("*",),
-                            "issue 8 item 3 (wrongstatic): two nested unnamed loops are "
-                            "refused, A011 'loop variable `i` shadows an enclosing loop's'"),
     "identity_statement": (("*",),
                            "issue 8 item 4 (errors): a body of only `x = x` generates a "
                            "Python block without a statement (IndentationError)"),
-    "shadowed_index": (("*",),
-                       "issue 8 item 3 (wrongstatic): in `loop n { for i in ... }` the inner "
-                       "`i` shadows the unnamed loop's index; iterations never run (also "
-                       "breaks rolled_unrolled and cost_params)"),
-    "dead_value": (("cost_params", "cost_flops"),
-                   "issue 8 item 3 (wrongstatic): cost counts parameters and FLOPs of dead "
-                   "code that the built module drops"),
-    "halting": (("decode_prefill",),
-                "issue 8 item 3 (wrongruntime): `until converged(..., per=\"sequence\")` "
-                "with a cache decodes differently from prefill (whether a prefix halts "
-                "depends on later tokens); per-token halting's cache fill rule is open too"),
 }
 
 
