@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import names, scalar, syntax as S
+from . import limits, names, scalar, syntax as S
 from .errors import ArchcError, Span, fail
 from .ir import (TOKENS, BlockDef, broadcast, BlockInst, Count, Graph, Group, Leaf, Module, Node,
                  ParamInfo, Program, Ref, Stack, TensorType, Weight, act)
@@ -150,6 +150,7 @@ class ModuleScope:
         self.prefix = prefix
         self.modules: dict[str, Module | None] = {}
         self.reserved = set(reserved)
+        self.spans: dict[str, Span | None] = {}  # where each name was claimed
 
     def ref(self, name: str, idx=None) -> Ref:
         return self.prefix.child(name, idx) if self.prefix else Ref(path=((name, idx),))
@@ -166,6 +167,7 @@ class ModuleScope:
             fail(f"duplicate name `{name}`", span, "each instance in a scope needs its own "
                  "name", code="A011")
         self.modules[name] = None
+        self.spans[name] = span
         return name
 
 
@@ -293,8 +295,11 @@ class Elaborator:
         if not isinstance(p.domain, S.Range):
             fail("a domain is a range `lo..hi` / `lo..=hi` or a set `{a, b}`", p.domain.span,
                  "e.g. `d: int = 64 in {32, 64}` or `r: int = 4 in 1..=32`", code="A022")
-        lo = self.static(p.domain.lo, env, "a domain bound")
-        hi = self.static(p.domain.hi, env, "a domain bound")
+        if p.type not in ("int", "float"):
+            fail(f"a range domain needs an int or float param; `{p.name}` is a {p.type}",
+                 p.domain.span, "list the values instead: `in {a, b}`", code="A022")
+        lo = _number(self.static(p.domain.lo, env, "a domain bound"), p.domain.lo.span)
+        hi = _number(self.static(p.domain.hi, env, "a domain bound"), p.domain.hi.span)
         return ("range", lo, hi, p.domain.inclusive)
 
     # -------------------------------------------------------------- entry
@@ -349,6 +354,7 @@ class Elaborator:
                  "scales", code="A023")
         return value
 
+    @limits.elaboration_guard
     def eval_static(self, e: S.Expr, env: Env) -> Any:
         """Evaluate an expression that involves no tensors."""
         if isinstance(e, S.Num):
@@ -369,7 +375,7 @@ class Elaborator:
         if isinstance(e, S.Neg):
             v = self.eval_static(e.value, env)
             if isinstance(v, (RuntimeParam, RuntimeScalar)):
-                return RuntimeScalar(("neg", _tree(v)))
+                return RuntimeScalar(limits.check_scalar(("neg", _tree(v)), e.span))
             return -_number(v, e.value.span)
         if isinstance(e, S.Not):
             return not _boolean(self.eval_static(e.value, env), e.value.span)
@@ -416,7 +422,8 @@ class Elaborator:
             for v, arg in ((a, e.args[0]), (b, e.args[1])):
                 if not _runtime(v):
                     _number(v, arg.span)
-            return RuntimeScalar(scalar.training(_tree(a), _tree(b)))
+            return RuntimeScalar(limits.check_scalar(scalar.training(_tree(a), _tree(b)),
+                                                     e.span))
         step = self.globals.get("step")
         if not isinstance(step, RuntimeParam):
             fail(f"{e.func.id}() reads the training step, which this model does not declare",
@@ -431,8 +438,10 @@ class Elaborator:
             if not _runtime(a):
                 _number(a, arg.span)
         if e.func.id == "after":
-            return RuntimeScalar(scalar.after(("param", "step"), _tree(args[0])))
-        return RuntimeScalar(scalar.ramp(("param", "step"), _tree(args[0]), _tree(args[1])))
+            tree = scalar.after(("param", "step"), _tree(args[0]))
+        else:
+            tree = scalar.ramp(("param", "step"), _tree(args[0]), _tree(args[1]))
+        return RuntimeScalar(limits.check_scalar(tree, e.span))
 
     def default_of(self, tree: tuple, bound: int) -> int:
         """A run-time count at the params' current values (the bound if it reads values
@@ -460,9 +469,13 @@ class Elaborator:
             fail(f"{e.func.id}() takes {arity} argument(s), got {len(args)}", e.span,
                  f"write {e.func.id}(x)", code="A032")
         try:
-            return fn(*args)
-        except (TypeError, ValueError) as err:
+            value = fn(*args)
+        except (TypeError, ValueError, OverflowError) as err:
             fail(f"{e.func.id}(): {err}", e.span, "check the argument's value", code="A031")
+        if isinstance(value, int) and abs(value) >= _MAX_INT:
+            fail("this number is too large", e.span, "static numbers fit in 64 bits",
+                 code="A031")
+        return value
 
     def _unknown(self, e: S.Name, env: Env):
         known: set[str] = set(self.blocks) | set(OPS) | set(_BUILTINS)
@@ -493,6 +506,10 @@ class Elaborator:
                 fail(f"block `{block.name}` calls itself", span,
                      "blocks cannot recurse; use `for` or `loop` for depth", code="A033",
                      labels=[(block.name_span, "defined here")])
+        if len(self.block_stack) >= limits.MAX_BLOCK_DEPTH:
+            fail(f"block calls nested deeper than {limits.MAX_BLOCK_DEPTH} levels", span,
+                 "a chain of blocks calling blocks this deep is a stack: write it as a "
+                 "`for` over one block", code="A041")
         self.block_stack.append((block.name, span))
         try:
             cls = self._class_name(block.name)
@@ -661,6 +678,7 @@ class ClassBuilder:
             if isinstance(st, S.Let):
                 self.scope.reserved.add(st.name)
 
+    @limits.elaboration_guard
     def stmt(self, st, env: Env) -> Any:
         if isinstance(st, S.Assign):
             names.check(st.target, st.target_span, "value")
@@ -800,6 +818,7 @@ class ClassBuilder:
 
     # expressions --------------------------------------------------------------
 
+    @limits.elaboration_guard
     def expr(self, e: S.Expr, env: Env, with_=()) -> Any:
         if with_ and not isinstance(e, S.Call):
             fail("`with` adapters attach to a call of an instance", e.span,
@@ -1012,6 +1031,10 @@ class ClassBuilder:
                 fail(f"{what} expects a tensor here, got {_show(v)}", a.span,
                      "static options go as keywords, e.g. hidden=4*d", code="A031")
             out.append(v)
+        if not out:
+            fail(f"{what} got an empty list of tensors", e.span,
+                 "a depth range such as layers[0..i] is empty at i = 0; give a first "
+                 "value too, e.g. sum(x, layers[0..i].h)", code="A031")
         return out
 
     def call_inst(self, inst: Any, e: S.Call, env: Env, with_=()) -> Any:
@@ -1059,6 +1082,7 @@ class ClassBuilder:
             kwargs = {**inst.kwargs, **call_kw}
             spans = {**inst.kwarg_spans, **call_spans}
         tensors = {k: kwargs.pop(k) for k in list(kwargs) if k in opdef.tensor_kwargs}
+        _check_token_inputs(opdef, inputs, e)
         attrs = self.validate(opdef, kwargs, spans, e.span)
         ctx = OpCtx(self, opdef, inst, e.span, spans, tensors)
         ctx.sigma = bool(getattr(attrs, "sigma", False))
@@ -1348,6 +1372,9 @@ class ClassBuilder:
         if not inits:
             fail("this loop changes nothing", st.span,
                  "assign to a value defined before the loop, e.g. `s = core(s)`", code="A031")
+        if count.bound == 0:  # no iteration runs (as `for` over an empty range): no body
+            self.scope.modules.pop(label, None)
+            return
         body_env, gb = self._open_body(env, inits, label, var)
         body_env.set(var, RuntimeScalar(("var", var)), st.span)
         self.loops.append(LoopFrame(var, count.bound, "loop", var))
@@ -1507,7 +1534,7 @@ class ClassBuilder:
         graph.outputs = [self.capture(o).id for o in outputs]
         modules = []
         for name, m in self.root_scope.modules.items():
-            _check_called(name, m, self.span)
+            _check_called(name, m, self.root_scope.spans.get(name) or self.span)
             modules.append((name, m))
         if self.adapt is not None and self.adapt.lora is not None:
             group = Group(children=tuple(self.lora.items()), op="lora")
@@ -1777,6 +1804,20 @@ def _instance_args(block: S.Block, inst: Inst) -> tuple:
     return tuple(args)
 
 
+def _check_token_inputs(opdef, inputs: list[TensorVal], e: S.Call) -> None:
+    """Token ids (`tokens`, integers) go only to ops that read them (embed); anywhere
+    else they would be treated as activations, which they are not."""
+    if opdef.reads_tokens:
+        return
+    aligned = len(inputs) == len(e.args)
+    for k, value in enumerate(inputs):
+        if value.type.dtype == "long":
+            fail(f"`{opdef.name}` takes activations, but this is {_show(value)} of token ids",
+                 e.args[k].span if aligned else e.span,
+                 "embed the tokens first: `x = embed(tokens, vocab=..., dim=...)`",
+                 code="A031")
+
+
 def _no_return(result: Any, st) -> None:
     if isinstance(result, Returned):
         fail("`return` inside a loop body", st.span,
@@ -1942,6 +1983,8 @@ def _show(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, tuple):
         return "[" + ", ".join(_show(x) for x in v) + "]"
+    if isinstance(v, int):
+        return _show_int(v)
     return repr(v)
 
 
@@ -1971,7 +2014,8 @@ def _arith(e: S.BinOp, a: Any, b: Any) -> Any:
             _number(a, e.left.span)
         if not _runtime(b):
             _number(b, e.right.span)
-        return RuntimeScalar(scalar.binary(e.op, _tree(a), _tree(b)))
+        return RuntimeScalar(limits.check_scalar(scalar.binary(e.op, _tree(a), _tree(b)),
+                                                 e.span))
     if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
         return a + b
     x, y = _number(a, e.left.span), _number(b, e.right.span)
@@ -2011,7 +2055,8 @@ def _arith(e: S.BinOp, a: Any, b: Any) -> Any:
 
 def _compare(e: S.Compare, a: Any, b: Any) -> Any:
     if _runtime(a) or _runtime(b):
-        return RuntimeScalar(scalar.compare(e.op, _tree(a), _tree(b)))
+        return RuntimeScalar(limits.check_scalar(scalar.compare(e.op, _tree(a), _tree(b)),
+                                                 e.span))
     if e.op in ("==", "!="):
         return (a == b) == (e.op == "==")
     x, y = _number(a, e.left.span), _number(b, e.right.span)
@@ -2061,7 +2106,21 @@ def _coerce(value: Any, typ: str, name: str, span, where: str = "") -> Any:
         article = "an" if typ == "int" else "a"
         fail(f"`{name}` is {article} {typ}, but got {_show(value)}{where}", span,
              "choices are strings in quotes" if typ == "choice" else None, code="A031")
+    if typ in ("int", "float") and isinstance(value, int) and abs(value) >= _MAX_INT:
+        fail(f"`{name}` = {_show(value)}{where} is too large", span,
+             "static numbers fit in 64 bits", code="A031")
+    if typ == "float" and not math.isfinite(value):
+        fail(f"`{name}` must be a finite number, got {value!r}{where}", span,
+             "floats are finite: no inf or nan", code="A031")
     return float(value) if typ == "float" else value
+
+
+def _show_int(value: int) -> str:
+    """An int short enough to quote in a message (a 4,000-digit one is not, and Python
+    refuses to print one past 4,300 digits)."""
+    if abs(value) < 10 ** 30:
+        return str(value)
+    return f"an int of {value.bit_length()} bits"
 
 
 def _in_domain(value: Any, domain: Any) -> bool:

@@ -31,6 +31,7 @@ class OpDef:
     stateful: bool = False          # creates an instance with weights
     outputs: tuple[str, ...] = ()   # named outputs exposed as value fields
     tensor_kwargs: tuple[str, ...] = ()  # keyword arguments that take graph values
+    reads_tokens: bool = False      # takes token ids (integers); other ops refuse them
 
 
 OPS: dict[str, OpDef] = {}
@@ -56,7 +57,7 @@ class EmbedAttrs(Attrs):
 
 
 @op("embed", EmbedAttrs, "token embedding; `scale` multiplies the output (Huginn uses sqrt(d))",
-    stateful=True)
+    stateful=True, reads_tokens=True)
 def embed(c, tokens, a: EmbedAttrs):
     if tokens.type.dtype != "long":
         c.fail("embed reads token ids, not activations", "call it on `tokens`")
