@@ -222,6 +222,17 @@ def internal_error(e: BaseException, spec: str) -> ArchcError:
                       label="while compiling this")
 
 
+def _write(path: Path, text: str) -> None:
+    """Write an output file (making its folder); a path that cannot be written is the
+    user's to fix, so it is an archc error rather than an internal one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        raise ArchcError(f"cannot write {str(path)!r}: {e.strerror or e}", None,
+                         "check the output path (-o DIR)", code="A002") from None
+
+
 def _silence_stdout() -> None:
     """The reader went away (`| head`): send what is left to /dev/null, so the flush at
     exit does not print a second BrokenPipeError."""
@@ -276,10 +287,8 @@ def _compile(args, parser) -> int:
         for name, seconds in timings:
             print(f"pass {name:<14} {seconds * 1e3:8.3f} ms")
     source = generate(program)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{program.name}.py"
-    path.write_text(source)
+    path = Path(args.output) / f"{program.name}.py"
+    _write(path, source)
     print(f"wrote {path}")
     return 0
 
@@ -355,9 +364,7 @@ def _run(args, parser) -> int:
     spec = _load(args, parser)
     source = generate(api.compile_program(spec))
     if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{spec.name}.py").write_text(source)
+        _write(Path(args.output) / f"{spec.name}.py", source)
     t1 = time.perf_counter()
     model = api.build(spec)
     t2 = time.perf_counter()
@@ -456,7 +463,7 @@ def _fmt(args, parser) -> int:
         return 0
     if args.write:
         if out != text:
-            path.write_text(out)
+            _write(path, out)
         return 0
     sys.stdout.write(out)
     return 0

@@ -440,6 +440,10 @@ class Elaborator:
         if e.func.id == "after":
             tree = scalar.after(("param", "step"), _tree(args[0]))
         else:
+            if not any(_runtime(a) for a in args) and args[1] <= args[0]:
+                fail(f"ramp({_show(args[0])}, {_show(args[1])}) ends where it starts", e.span,
+                     "ramp(start, end) rises from 0 at `start` to 1 at `end`: end > start; "
+                     "after(onset) is the step from 0 to 1", code="A031")
             tree = scalar.ramp(("param", "step"), _tree(args[0]), _tree(args[1]))
         return RuntimeScalar(limits.check_scalar(tree, e.span))
 
@@ -1104,6 +1108,12 @@ class ClassBuilder:
                 fail(f"`{opdef.name}` has no argument `{k}`", spans.get(k, span),
                      f"did you mean `{close}`?" if close else
                      f"its arguments: {', '.join(fields) or 'none'}", code="A032")
+        for k, v in kwargs.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and \
+                    not abs(v) <= _FLOAT32_MAX:
+                fail(f"`{opdef.name}` argument `{k}` = {v!r} is past the range of float32",
+                     spans.get(k, span), "weights and activations are float32: at most "
+                     "about 3.4e38", code="A031")
         try:
             return opdef.attrs(**kwargs)
         except ValidationError as err:
@@ -2003,6 +2013,7 @@ def _boolean(v: Any, span) -> bool:
 
 
 _MAX_INT = 2 ** 63
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _arith(e: S.BinOp, a: Any, b: Any) -> Any:
@@ -2014,6 +2025,8 @@ def _arith(e: S.BinOp, a: Any, b: Any) -> Any:
             _number(a, e.left.span)
         if not _runtime(b):
             _number(b, e.right.span)
+            if b == 0 and e.op in ("/", "//", "%"):
+                fail("division by zero", e.span, "divide by a non-zero number", code="A031")
         return RuntimeScalar(limits.check_scalar(scalar.binary(e.op, _tree(a), _tree(b)),
                                                  e.span))
     if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):

@@ -582,8 +582,8 @@ class MoeAttrs(Attrs):
     experts: int = Field(gt=0)
     k: int = Field(default=2, gt=0)
     hidden: int = Field(gt=0)
-    capacity: float = Field(default=1.25, gt=0)
-    eval_capacity: float = Field(default=2.0, gt=0)
+    capacity: float = Field(default=1.25, gt=0, le=1e6)  # factors of the fair share
+    eval_capacity: float = Field(default=2.0, gt=0, le=1e6)
     act: Literal["gelu", "relu", "silu"] = "gelu"
     noise: float = Field(default=0.0, ge=0)
 

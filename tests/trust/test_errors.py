@@ -26,6 +26,12 @@ EMBED = "x = embed(tokens, vocab=vocab, dim=d)\n"
 BIG = "9" * 401
 
 
+def edited(spec: str, old: str, new: str) -> str:
+    text = Path(f"specs/{spec}.arch").read_text()
+    assert old in text, old
+    return text.replace(old, new)
+
+
 def nested(n: int, opening: str, inner: str, closing: str) -> str:
     return opening * n + inner + closing * n
 
@@ -103,9 +109,21 @@ ERRORS = {
                                     + EMBED + "for i in 0..3 as layers {\n"
                                     "  x = layer(x) + sum(layers[0..i].x)\n}\nreturn x\n",
                                     "A031", 7, 18, "`sum` got an empty list"),
-    "relaxed_recursive_n_1": (Path("specs/relaxed_recursive.arch").read_text()
-                              .replace("n: int = 6", "n: int = 1"), "A036", 25, 5,
-                              "instance `shared` is never called"),
+    "relaxed_recursive_n_1": (edited("relaxed_recursive", "n: int = 6", "n: int = 1"),
+                              "A036", 25, 5, "instance `shared` is never called"),
+    # run time: ZeroDivisionError, OverflowError, RuntimeError in the forward
+    "ramp_that_ends_where_it_starts": (edited("slab", "total: int = 1000", "total: int = 0"),
+                                       "A031", 19, 51, "ramp(100, 100) ends where it starts"),
+    "run_time_division_by_zero": (HEAD + EMBED + "x = x * (r / 0)\nreturn x\n", "A031", 3, 10,
+                                  "division by zero"),
+    "float_attr_past_float32": (edited("dense", "slope=0.2", "slope=1e308"), "A031", 27, 45,
+                                "past the range of float32"),
+    "moe_capacity_past_float32": (edited("widenet", "capacity: float = 1.25",
+                                         "capacity: float = 1e308"), "A031", 19, 52,
+                                  "past the range of float32"),
+    "moe_capacity_past_int64_slots": (edited("widenet", "capacity: float = 1.25",
+                                             "capacity: float = 1e30"), "A031", 19, 52,
+                                      "less than or equal to 1000000"),
 }
 
 
@@ -380,3 +398,10 @@ def test_internal_error_in_a_real_process_has_no_traceback(tmp_path):
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     assert re.search(r"error\[A900\]: internal error in archc", proc.stderr), proc.stderr
+
+
+def test_unwritable_output_is_an_archc_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["compile", "specs/dense.arch", "-o", str(blocker / "out")]) == 1
+    assert "error[A002]: cannot write" in capsys.readouterr().err
