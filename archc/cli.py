@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except ArchcError as e:
         _report(e, args)
-        return 1
+        return 3 if e.code == INTERNAL else 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _report(internal_error(e, args.spec), args)
         return 3
+
+
+INTERNAL = "A900"  # the code of every internal error (the verifier's too)
 
 
 def _report(e: ArchcError, args) -> None:
@@ -218,7 +221,7 @@ def internal_error(e: BaseException, spec: str) -> ArchcError:
     return ArchcError(f"internal error in archc{where}, please report it: "
                       f"{type(e).__name__}: {e}", span,
                       "this is a bug in archc, not in the spec; please report it with the "
-                      "spec. Run with ARCHC_BACKTRACE=1 for the traceback", code="A900",
+                      "spec. Run with ARCHC_BACKTRACE=1 for the traceback", code=INTERNAL,
                       label="while compiling this")
 
 

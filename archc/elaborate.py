@@ -500,6 +500,7 @@ class Elaborator:
         Run-time block params are not part of it: they live on each instance."""
         runtime = {p.name for p in block.params if p.runtime}
         kwargs = {k: v for k, v in kwargs.items() if k not in runtime}
+        _check_block_kwargs(block, kwargs, span)
         key = (block.name, tuple(sorted(kwargs.items())), tuple(x.type for x in inputs),
                adapt.key() if adapt else None)
         if key in self.class_keys:
@@ -1812,6 +1813,28 @@ def _instance_args(block: S.Block, inst: Inst) -> tuple:
                  "it is kept on the instance; schedules read it at run time", code="A023")
         args.append((p.name, float(value) if p.type == "float" else value))
     return tuple(args)
+
+
+def _check_block_kwargs(block: S.Block, kwargs: dict[str, Any], span: Span | None) -> None:
+    """A block's static params take numbers, bools and strings (they key its class);
+    an instance or a run-time value there is the spec's mistake, said before use."""
+    declared = {p.name for p in block.params}
+    for k, v in kwargs.items():
+        if k not in declared:
+            close = suggest(k, declared)
+            fail(f"block `{block.name}` has no param `{k}`", span,
+                 f"did you mean `{close}`?" if close else
+                 f"its params: {', '.join(sorted(declared)) or 'none'}", code="A032")
+        if not _static_value(v):
+            fail(f"block `{block.name}` param `{k}` takes a number, bool or string, got "
+                 f"{_show(v)}", span, "static block params are known when the model is "
+                 "built; declare it `runtime` for a number read at run time", code="A031")
+
+
+def _static_value(v: Any) -> bool:
+    if isinstance(v, tuple):
+        return all(_static_value(x) for x in v)
+    return isinstance(v, (int, float, str, bool))
 
 
 def _check_token_inputs(opdef, inputs: list[TensorVal], e: S.Call) -> None:

@@ -33,7 +33,7 @@ class Source:
     text: str
 
     def line(self, n: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.text.split("\n")  # as the parser counts lines (not at U+2028 etc.)
         return lines[n - 1] if 0 < n <= len(lines) else ""
 
 

@@ -290,7 +290,7 @@ def _point(filename: str, line: int, col: int, length: int = 1) -> Span:
 
 
 def _end_position(text: str) -> tuple[int, int]:
-    lines = text.splitlines() or [""]
+    lines = text.split("\n")  # as the parser counts lines (not at U+2028 etc.)
     while len(lines) > 1 and not lines[-1].strip():
         lines.pop()
     return len(lines), len(lines[-1]) + 1

@@ -121,6 +121,15 @@ ERRORS = {
     "moe_capacity_past_float32": (edited("widenet", "capacity: float = 1.25",
                                          "capacity: float = 1e308"), "A031", 19, 52,
                                   "past the range of float32"),
+    # a TypeError (unhashable) keying the block's class
+    "instance_as_block_param": (HEAD + "block b(x, h: int = 4) {\n  return rmsnorm(x)\n}\n"
+                                "let emb = embed(vocab=vocab, dim=d)\n"
+                                "return b(emb(tokens), tied=emb)\n", "A032", 6, 8,
+                                "block `b` has no param `tied`"),
+    "run_time_value_as_static_block_param": (HEAD + "block b(x, h: float = 4) {\n"
+                                             "  return x * h\n}\n" + EMBED +
+                                             "return b(x, h=r * 2)\n", "A031", 6, 8,
+                                             "param `h` takes a number"),
     "moe_capacity_past_int64_slots": (edited("widenet", "capacity: float = 1.25",
                                              "capacity: float = 1e30"), "A031", 19, 52,
                                       "less than or equal to 1000000"),
@@ -405,3 +414,24 @@ def test_unwritable_output_is_an_archc_error(tmp_path, capsys):
     blocker.write_text("")
     assert main(["compile", "specs/dense.arch", "-o", str(blocker / "out")]) == 1
     assert "error[A002]: cannot write" in capsys.readouterr().err
+
+
+def test_verifier_bug_exits_3_like_any_internal_error(tmp_path, capsys, monkeypatch):
+    import archc.verify
+
+    def broken(program, after="elaboration"):
+        raise ArchcError("internal compiler error after elaboration: a broken graph", None,
+                         "this is a bug in archc, not in the spec; please report it",
+                         code="A900")
+
+    monkeypatch.setattr(archc.verify, "verify", broken)
+    assert main(["check", str(_write_spec(tmp_path))]) == 3
+    assert "error[A900]" in capsys.readouterr().err
+
+
+def test_error_quotes_its_own_line_after_a_unicode_line_separator():
+    text = HEAD + "# a comment\u2028with a line separator\n" + EMBED + "return y\n"
+    with pytest.raises(ArchcError) as info:
+        archc.load(text)
+    assert info.value.span.line == 4
+    assert "4 | return y" in info.value.render()
