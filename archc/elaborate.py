@@ -437,6 +437,13 @@ class Elaborator:
         for a, arg in zip(args, e.args):
             if not _runtime(a):
                 _number(a, arg.span)
+            elif "step" in scalar.free(_tree(a), "param"):
+                fail(f"{e.func.id}() takes step counts, not the training step itself",
+                     arg.span, "e.g. ramp(1000, 2000) or after(onset)", code="A031")
+        if e.func.id == "ramp" and _tree(args[0]) == _tree(args[1]):
+            fail("this ramp ends where it starts", e.span,
+                 "ramp(start, end) rises from 0 at `start` to 1 at `end`: end > start; "
+                 "after(onset) is the step from 0 to 1", code="A031")
         if e.func.id == "after":
             tree = scalar.after(("param", "step"), _tree(args[0]))
         else:

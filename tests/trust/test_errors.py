@@ -113,7 +113,15 @@ ERRORS = {
                               "A036", 25, 5, "instance `shared` is never called"),
     # run time: ZeroDivisionError, OverflowError, RuntimeError in the forward
     "ramp_that_ends_where_it_starts": (edited("slab", "total: int = 1000", "total: int = 0"),
-                                       "A031", 19, 51, "ramp(100, 100) ends where it starts"),
+                                       "A031", 19, 51, "ends where it starts"),
+    "ramp_to_the_step_itself": (edited("reparam_vit", "ramp(join_start, join_end)",
+                                       "ramp(join_start, step)"), "A031", 22, 36,
+                                "not the training step itself"),
+    "ramp_of_one_instance_value": (HEAD.replace("r: int = 2 runtime", "step: int = 0 runtime")
+                                   + "block b(x, onset: int runtime) {\n"
+                                   "  return x * ramp(onset, onset)\n}\n" + EMBED +
+                                   "return b(x, onset=3)\n", "A031", 3, 14,
+                                   "ramp ends where it starts"),
     "run_time_division_by_zero": (HEAD + EMBED + "x = x * (r / 0)\nreturn x\n", "A031", 3, 10,
                                   "division by zero"),
     "float_attr_past_float32": (edited("dense", "slope=0.2", "slope=1e308"), "A031", 27, 45,
