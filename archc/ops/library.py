@@ -438,6 +438,9 @@ def hyper_write(c, xs, coeffs, f, a: StreamsAttrs):
     if xs.type.width != a.n * f.type.width:
         c.fail(f"streams of width {xs.type.width} do not hold {a.n} copies of width "
                f"{f.type.width}", "pass the sublayer output computed from hyper_read's h")
+    if coeffs.type.width != a.n + a.n * a.n:
+        c.fail(f"the coefficients of {a.n} streams have width {a.n + a.n * a.n}, not "
+               f"{coeffs.type.width}", "pass the `c` of `h, c = hyper_read(xs, n=...)`")
     return c.emit("hyper_write", [xs, coeffs, f], xs.type, {"n": a.n}, hint="streams")
 
 

@@ -122,6 +122,10 @@ ERRORS = {
                                    "  return x * ramp(onset, onset)\n}\n" + EMBED +
                                    "return b(x, onset=3)\n", "A031", 3, 14,
                                    "ramp ends where it starts"),
+    # a RuntimeError (view of the wrong size) in the forward
+    "hyper_write_given_the_stream_as_coefficients": (
+        edited("hyper", "hyper_write(xs, c, attention", "hyper_write(xs, x, attention"),
+        "A031", 22, 10, "coefficients of 4 streams have width 20"),
     "run_time_division_by_zero": (HEAD + EMBED + "x = x * (r / 0)\nreturn x\n", "A031", 3, 10,
                                   "division by zero"),
     "float_attr_past_float32": (edited("dense", "slope=0.2", "slope=1e308"), "A031", 27, 45,
