@@ -8,6 +8,7 @@ module namespace.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,6 +19,7 @@ from . import syntax
 from .elaborate import Budget, elaborate
 from .errors import ArchcError, Source, register_source
 from .ir import ParamInfo, Program
+from .sourcefile import read_spec
 
 
 @dataclass
@@ -49,14 +51,14 @@ class Spec:
 
 
 def _read(spec: str | Path) -> tuple[str, str]:
+    if isinstance(spec, os.PathLike):
+        spec = Path(spec)
+    elif not isinstance(spec, str):
+        raise ArchcError(f"expected a spec, got {type(spec).__name__}", None,
+                         "pass a path to a .arch file (str or Path), the spec text itself, "
+                         "or a Spec from archc.load", code="A002")
     if isinstance(spec, Path) or ("\n" not in spec and not spec.lstrip().startswith("model")):
-        path = Path(spec)
-        try:
-            return str(spec), path.read_text()
-        except OSError as e:
-            raise ArchcError(f"cannot read spec {str(spec)!r}: {e.strerror or e}", None,
-                             "pass a path to a .arch file, or the spec text itself",
-                             code="A002") from None
+        return str(spec), read_spec(spec)
     return "<spec>", spec
 
 

@@ -8,13 +8,17 @@
     archc fmt     SPEC [--check | -w]               print the canonical form of the spec
     archc hash    SPEC [--set ...]                  the canonical architecture hash
 
-Spec errors print a located diagnostic and exit 1; usage errors exit 2. `check`, `info`,
-`cost`, `fmt` and `hash` never import torch.
+Spec errors print a located diagnostic and exit 1; usage errors exit 2; an internal
+error (a bug in archc) prints what it can say about where it happened and exits 3
+(ARCHC_BACKTRACE=1 shows the traceback instead). Output cut off by a closed pipe
+(`archc cost ... | head`) ends quietly with 141, as a shell reports a writer killed by
+SIGPIPE. `check`, `info`, `cost`, `fmt` and `hash` never import torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,15 +51,37 @@ def _settings(items: list[str], parser: argparse.ArgumentParser) -> dict:
     return out
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a positive int (sizes, lengths, budgets)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a random seed, 0 .. 2**64 - 1 (what torch.manual_seed takes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if not 0 <= value < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**64 - 1, got {value}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="path to a .arch file")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
                    help="override a model param (repeatable)")
     p.add_argument("--error-format", choices=("human", "json"), default="human",
                    help="how to print spec errors (json: one object per line, for tools)")
-    p.add_argument("--max-params", type=int, default=None,
+    p.add_argument("--max-params", type=_positive, default=None,
                    help="refuse specs with more parameters than this")
-    p.add_argument("--max-nodes", type=int, default=None,
+    p.add_argument("--max-nodes", type=_positive, default=None,
                    help="refuse specs with more IR ops than this")
     p.add_argument("--max-bytes", type=int, default=None,
                    help="refuse to build weights of more bytes than this "
@@ -104,16 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "step, what its schedules add at that step). Does not import torch.")
     _common(p)
     _mode(p)
-    p.add_argument("--seq", type=int, default=2048,
+    p.add_argument("--seq", type=_positive, default=2048,
                    help="sequence length for the FLOP count (default 2048)")
 
     p = sub.add_parser("run", help="compile, build and run a spec on a sample batch",
                        description="Compile a spec, build the module, run a forward pass "
                        "on a random token batch and print a short report.")
     _common(p)
-    p.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
-    p.add_argument("--seq", type=int, default=16, help="sequence length (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--batch", type=_positive, default=2, help="batch size (default 2)")
+    p.add_argument("--seq", type=_positive, default=16, help="sequence length (default 16)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default=None, metavar="DIR",
                    help="also write the generated file here")
 
@@ -125,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "at --batch x --seq. Run-time loop counts are taken at their value "
                        "(--set r=8). Does not import torch.")
     _common(p)
-    p.add_argument("--seq", type=int, default=2048, help="sequence length (default 2048)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--seq", type=_positive, default=2048, help="sequence length (default 2048)")
+    p.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
     p = sub.add_parser("fmt", help="print the canonical form of a spec",
@@ -162,15 +188,65 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return _COMMANDS[args.command](args, parser)
+        code = _COMMANDS[args.command](args, parser)
+        sys.stdout.flush()  # a closed pipe shows up here rather than at exit
+        return code
     except ArchcError as e:
-        if args.error_format == "json":
-            print(e.to_json(), file=sys.stderr)
-        else:
-            print(e.render(), file=sys.stderr)
-        return 1
+        _report(e, args)
+        return 3 if e.code == INTERNAL else 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except Exception as e:
+        if os.environ.get("ARCHC_BACKTRACE"):
+            raise
+        _report(internal_error(e, args.spec), args)
+        return 3
+
+
+INTERNAL = "A900"  # the code of every internal error (the verifier's too)
+
+
+def _report(e: ArchcError, args) -> None:
+    if args.error_format == "json":
+        print(e.to_json(), file=sys.stderr)
+    else:
+        print(e.render(), file=sys.stderr)
+
+
+def internal_error(e: BaseException, spec: str) -> ArchcError:
+    """A bug in archc, said as one: what broke, where in the spec if the elaborator knew
+    (see archc.limits.elaboration_guard), and how to get the traceback."""
+    span = getattr(e, "archc_span", None)
+    where = "" if span is not None else f" while compiling {spec}"
+    return ArchcError(f"internal error in archc{where}, please report it: "
+                      f"{type(e).__name__}: {e}", span,
+                      "this is a bug in archc, not in the spec; please report it with the "
+                      "spec. Run with ARCHC_BACKTRACE=1 for the traceback", code=INTERNAL,
+                      label="while compiling this")
+
+
+def _write(path: Path, text: str) -> None:
+    """Write an output file (making its folder); a path that cannot be written is the
+    user's to fix, so it is an archc error rather than an internal one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        raise ArchcError(f"cannot write {str(path)!r}: {e.strerror or e}", None,
+                         "check the output path (-o DIR)", code="A002") from None
+
+
+def _silence_stdout() -> None:
+    """The reader went away (`| head`): send what is left to /dev/null, so the flush at
+    exit does not print a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a file (an in-process caller captured it)
 
 
 def _load(args, parser):
@@ -224,10 +300,8 @@ def _compile(args, parser) -> int:
         for name, seconds in timings:
             print(f"pass {name:<14} {seconds * 1e3:8.3f} ms")
     source = generate(program)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{program.name}.py"
-    path.write_text(source)
+    path = Path(args.output) / f"{program.name}.py"
+    _write(path, source)
     print(f"wrote {path}")
     return 0
 
@@ -303,9 +377,7 @@ def _run(args, parser) -> int:
     spec = _load(args, parser)
     source = generate(api.compile_program(spec))
     if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{spec.name}.py").write_text(source)
+        _write(Path(args.output) / f"{spec.name}.py", source)
     t1 = time.perf_counter()
     torch.manual_seed(args.seed)  # the seed fixes the weights, then (again) the batch
     model = api.build(spec)
@@ -348,8 +420,6 @@ def _vocab(spec) -> int:
 def _cost(args, parser) -> int:
     from .analysis.cost import cost_of
 
-    if args.seq < 1 or args.batch < 1:
-        parser.error("--seq and --batch must be positive")
     spec = _load(args, parser)
     c = cost_of(spec.program, seq=args.seq, batch=args.batch)
     if args.json:
@@ -396,13 +466,10 @@ def _size(n: int) -> str:
 
 def _fmt(args, parser) -> int:
     from .fmt import format_text
+    from .sourcefile import read_spec
 
     path = Path(args.spec)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ArchcError(f"cannot read spec {args.spec!r}: {e.strerror}", None,
-                         "pass the path of a .arch file", code="A002") from None
+    text = read_spec(path)
     out = format_text(text, str(path))
     if args.check:
         if out != text:
@@ -412,7 +479,7 @@ def _fmt(args, parser) -> int:
         return 0
     if args.write:
         if out != text:
-            path.write_text(out)
+            _write(path, out)
         return 0
     sys.stdout.write(out)
     return 0

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import loopvars, names, scalar, syntax as S
+from . import limits, loopvars, names, scalar, syntax as S
 from .errors import ArchcError, Span, fail
 from .init import DEFAULT_STD, choices_hint, resolve_residual, weight_init, zero_bias
 from .ir import (TOKENS, BlockDef, broadcast, BlockInst, Count, Graph, Group, Leaf, Module, Node,
@@ -171,6 +171,7 @@ class ModuleScope:
         self.modules: dict[str, Module | None] = _Names()
         self.reserved = set(reserved)
         self.next: dict[str, int] = {}  # base -> the first suffix fresh() may try
+        self.spans: dict[str, Span | None] = {}  # where each name was claimed
 
     def ref(self, name: str, idx=None) -> Ref:
         return self.prefix.child(name, idx) if self.prefix else Ref(path=((name, idx),))
@@ -195,6 +196,7 @@ class ModuleScope:
             fail(f"duplicate name `{name}`", span, "each instance in a scope needs its own "
                  "name", code="A011")
         self.modules[name] = None
+        self.spans[name] = span
         return name
 
 
@@ -325,8 +327,11 @@ class Elaborator:
         if not isinstance(p.domain, S.Range):
             fail("a domain is a range `lo..hi` / `lo..=hi` or a set `{a, b}`", p.domain.span,
                  "e.g. `d: int = 64 in {32, 64}` or `r: int = 4 in 1..=32`", code="A022")
-        lo = self.static(p.domain.lo, env, "a domain bound")
-        hi = self.static(p.domain.hi, env, "a domain bound")
+        if p.type not in ("int", "float"):
+            fail(f"a range domain needs an int or float param; `{p.name}` is a {p.type}",
+                 p.domain.span, "list the values instead: `in {a, b}`", code="A022")
+        lo = _number(self.static(p.domain.lo, env, "a domain bound"), p.domain.lo.span)
+        hi = _number(self.static(p.domain.hi, env, "a domain bound"), p.domain.hi.span)
         return ("range", lo, hi, p.domain.inclusive)
 
     # -------------------------------------------------------------- entry
@@ -382,6 +387,7 @@ class Elaborator:
                  "scales", code="A023")
         return value
 
+    @limits.elaboration_guard
     def eval_static(self, e: S.Expr, env: Env) -> Any:
         """Evaluate an expression that involves no tensors."""
         if isinstance(e, S.Num):
@@ -402,7 +408,7 @@ class Elaborator:
         if isinstance(e, S.Neg):
             v = self.eval_static(e.value, env)
             if isinstance(v, (RuntimeParam, RuntimeScalar)):
-                return RuntimeScalar(("neg", _tree(v)))
+                return RuntimeScalar(limits.check_scalar(("neg", _tree(v)), e.span))
             return -_number(v, e.value.span)
         if isinstance(e, S.Not):
             return not _boolean(self.eval_static(e.value, env), e.value.span)
@@ -449,7 +455,8 @@ class Elaborator:
             for v, arg in ((a, e.args[0]), (b, e.args[1])):
                 if not _runtime(v):
                     _number(v, arg.span)
-            return RuntimeScalar(scalar.training(_tree(a), _tree(b)))
+            return RuntimeScalar(limits.check_scalar(scalar.training(_tree(a), _tree(b)),
+                                                     e.span))
         step = self.globals.get("step")
         if not isinstance(step, RuntimeParam):
             fail(f"{e.func.id}() reads the training step, which this model does not declare",
@@ -463,9 +470,22 @@ class Elaborator:
         for a, arg in zip(args, e.args):
             if not _runtime(a):
                 _number(a, arg.span)
+            elif "step" in scalar.free(_tree(a), "param"):
+                fail(f"{e.func.id}() takes step counts, not the training step itself",
+                     arg.span, "e.g. ramp(1000, 2000) or after(onset)", code="A031")
+        if e.func.id == "ramp" and _tree(args[0]) == _tree(args[1]):
+            fail("this ramp ends where it starts", e.span,
+                 "ramp(start, end) rises from 0 at `start` to 1 at `end`: end > start; "
+                 "after(onset) is the step from 0 to 1", code="A031")
         if e.func.id == "after":
-            return RuntimeScalar(scalar.after(("param", "step"), _tree(args[0])))
-        return RuntimeScalar(scalar.ramp(("param", "step"), _tree(args[0]), _tree(args[1])))
+            tree = scalar.after(("param", "step"), _tree(args[0]))
+        else:
+            if not any(_runtime(a) for a in args) and args[1] <= args[0]:
+                fail(f"ramp({_show(args[0])}, {_show(args[1])}) ends where it starts", e.span,
+                     "ramp(start, end) rises from 0 at `start` to 1 at `end`: end > start; "
+                     "after(onset) is the step from 0 to 1", code="A031")
+            tree = scalar.ramp(("param", "step"), _tree(args[0]), _tree(args[1]))
+        return RuntimeScalar(limits.check_scalar(tree, e.span))
 
     def default_of(self, tree: tuple, bound: int) -> int:
         """A run-time count at the params' current values (the bound if it reads values
@@ -493,9 +513,13 @@ class Elaborator:
             fail(f"{e.func.id}() takes {arity} argument(s), got {len(args)}", e.span,
                  f"write {e.func.id}(x)", code="A032")
         try:
-            return fn(*args)
-        except (TypeError, ValueError) as err:
+            value = fn(*args)
+        except (TypeError, ValueError, OverflowError) as err:
             fail(f"{e.func.id}(): {err}", e.span, "check the argument's value", code="A031")
+        if isinstance(value, int) and abs(value) >= _MAX_INT:
+            fail("this number is too large", e.span, "static numbers fit in 64 bits",
+                 code="A031")
+        return value
 
     def _unknown(self, e: S.Name, env: Env):
         known: set[str] = set(self.blocks) | set(OPS) | set(_BUILTINS)
@@ -516,6 +540,7 @@ class Elaborator:
         Run-time block params are not part of it: they live on each instance."""
         runtime = {p.name for p in block.params if p.runtime}
         kwargs = {k: v for k, v in kwargs.items() if k not in runtime}
+        _check_block_kwargs(block, kwargs, span)
         key = (block.name, tuple(sorted(kwargs.items())), tuple(x.type for x in inputs),
                adapt.key() if adapt else None)
         if key in self.class_keys:
@@ -526,6 +551,10 @@ class Elaborator:
                 fail(f"block `{block.name}` calls itself", span,
                      "blocks cannot recurse; use `for` or `loop` for depth", code="A033",
                      labels=[(block.name_span, "defined here")])
+        if len(self.block_stack) >= limits.MAX_BLOCK_DEPTH:
+            fail(f"block calls nested deeper than {limits.MAX_BLOCK_DEPTH} levels", span,
+                 "a chain of blocks calling blocks this deep is a stack: write it as a "
+                 "`for` over one block", code="A041")
         self.block_stack.append((block.name, span))
         before = self.nodes
         try:
@@ -705,6 +734,7 @@ class ClassBuilder:
             if isinstance(st, S.Let):
                 self.scope.reserved.add(st.name)
 
+    @limits.elaboration_guard
     def stmt(self, st, env: Env) -> Any:
         if isinstance(st, S.Assign):
             names.check(st.target, st.target_span, "value")
@@ -844,6 +874,7 @@ class ClassBuilder:
 
     # expressions --------------------------------------------------------------
 
+    @limits.elaboration_guard
     def expr(self, e: S.Expr, env: Env, with_=()) -> Any:
         if with_ and not isinstance(e, S.Call):
             fail("`with` adapters attach to a call of an instance", e.span,
@@ -1057,6 +1088,10 @@ class ClassBuilder:
                 fail(f"{what} expects a tensor here, got {_show(v)}", a.span,
                      "static options go as keywords, e.g. hidden=4*d", code="A031")
             out.append(v)
+        if not out:
+            fail(f"{what} got an empty list of tensors", e.span,
+                 "a depth range such as layers[0..i] is empty at i = 0; give a first "
+                 "value too, e.g. sum(x, layers[0..i].h)", code="A031")
         return out
 
     def call_inst(self, inst: Any, e: S.Call, env: Env, with_=()) -> Any:
@@ -1108,6 +1143,7 @@ class ClassBuilder:
             kwargs = {**inst.kwargs, **call_kw}
             spans = {**inst.kwarg_spans, **call_spans}
         tensors = {k: kwargs.pop(k) for k in list(kwargs) if k in opdef.tensor_kwargs}
+        _check_token_inputs(opdef, inputs, e)
         _check_ranks(opdef, inputs, e)
         attrs = self.validate(opdef, kwargs, spans, e.span)
         ctx = OpCtx(self, opdef, inst, e.span, spans, tensors)
@@ -1131,6 +1167,12 @@ class ClassBuilder:
                 fail(f"`{opdef.name}` has no argument `{k}`", spans.get(k, span),
                      retired or (f"did you mean `{close}`?" if close else
                                  f"its arguments: {', '.join(fields) or 'none'}"), code="A032")
+        for k, v in kwargs.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and \
+                    not abs(v) <= _FLOAT32_MAX:
+                fail(f"`{opdef.name}` argument `{k}` = {v!r} is past the range of float32",
+                     spans.get(k, span), "weights and activations are float32: at most "
+                     "about 3.4e38", code="A031")
         try:
             return opdef.attrs(**kwargs)
         except ValidationError as err:
@@ -1399,6 +1441,9 @@ class ClassBuilder:
         if not inits:
             fail("this loop changes nothing", st.span,
                  "assign to a value defined before the loop, e.g. `s = core(s)`", code="A031")
+        if count.bound == 0:  # no iteration runs (as `for` over an empty range): no body
+            self.scope.modules.pop(label, None)
+            return
         before = self.el.nodes
         body_env, gb = self._open_body(env, inits, label, var)
         if st.var is not None:
@@ -1571,7 +1616,7 @@ class ClassBuilder:
         graph.outputs = [self.capture(o).id for o in outputs]
         modules = []
         for name, m in self.root_scope.modules.items():
-            _check_called(name, m, self.span)
+            _check_called(name, m, self.root_scope.spans.get(name) or self.span)
             modules.append((name, m))
         if self.adapt is not None and self.adapt.lora is not None:
             group = Group(children=tuple(self.lora.items()), op="lora")
@@ -1843,6 +1888,42 @@ def _instance_args(block: S.Block, inst: Inst) -> tuple:
     return tuple(args)
 
 
+def _check_block_kwargs(block: S.Block, kwargs: dict[str, Any], span: Span | None) -> None:
+    """A block's static params take numbers, bools and strings (they key its class);
+    an instance or a run-time value there is the spec's mistake, said before use."""
+    declared = {p.name for p in block.params}
+    for k, v in kwargs.items():
+        if k not in declared:
+            close = suggest(k, declared)
+            fail(f"block `{block.name}` has no param `{k}`", span,
+                 f"did you mean `{close}`?" if close else
+                 f"its params: {', '.join(sorted(declared)) or 'none'}", code="A032")
+        if not _static_value(v):
+            fail(f"block `{block.name}` param `{k}` takes a number, bool or string, got "
+                 f"{_show(v)}", span, "static block params are known when the model is "
+                 "built; declare it `runtime` for a number read at run time", code="A031")
+
+
+def _static_value(v: Any) -> bool:
+    if isinstance(v, tuple):
+        return all(_static_value(x) for x in v)
+    return isinstance(v, (int, float, str, bool))
+
+
+def _check_token_inputs(opdef, inputs: list[TensorVal], e: S.Call) -> None:
+    """Token ids (`tokens`, integers) go only to ops that read them (embed); anywhere
+    else they would be treated as activations, which they are not."""
+    if opdef.reads_tokens:
+        return
+    aligned = len(inputs) == len(e.args)
+    for k, value in enumerate(inputs):
+        if value.type.dtype == "long":
+            fail(f"`{opdef.name}` takes activations, but this is {_show(value)} of token ids",
+                 e.args[k].span if aligned else e.span,
+                 "embed the tokens first: `x = embed(tokens, vocab=..., dim=...)`",
+                 code="A031")
+
+
 def _no_return(result: Any, st) -> None:
     if isinstance(result, Returned):
         fail("`return` inside a loop body", st.span,
@@ -2020,6 +2101,8 @@ def _show(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, tuple):
         return "[" + ", ".join(_show(x) for x in v) + "]"
+    if isinstance(v, int):
+        return _show_int(v)
     return repr(v)
 
 
@@ -2038,6 +2121,7 @@ def _boolean(v: Any, span) -> bool:
 
 
 _MAX_INT = 2 ** 63
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _arith(e: S.BinOp, a: Any, b: Any) -> Any:
@@ -2049,7 +2133,10 @@ def _arith(e: S.BinOp, a: Any, b: Any) -> Any:
             _number(a, e.left.span)
         if not _runtime(b):
             _number(b, e.right.span)
-        return RuntimeScalar(scalar.binary(e.op, _tree(a), _tree(b)))
+            if b == 0 and e.op in ("/", "//", "%"):
+                fail("division by zero", e.span, "divide by a non-zero number", code="A031")
+        return RuntimeScalar(limits.check_scalar(scalar.binary(e.op, _tree(a), _tree(b)),
+                                                 e.span))
     if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
         return a + b
     x, y = _number(a, e.left.span), _number(b, e.right.span)
@@ -2089,7 +2176,8 @@ def _arith(e: S.BinOp, a: Any, b: Any) -> Any:
 
 def _compare(e: S.Compare, a: Any, b: Any) -> Any:
     if _runtime(a) or _runtime(b):
-        return RuntimeScalar(scalar.compare(e.op, _tree(a), _tree(b)))
+        return RuntimeScalar(limits.check_scalar(scalar.compare(e.op, _tree(a), _tree(b)),
+                                                 e.span))
     if e.op in ("==", "!="):
         return (a == b) == (e.op == "==")
     x, y = _number(a, e.left.span), _number(b, e.right.span)
@@ -2139,7 +2227,21 @@ def _coerce(value: Any, typ: str, name: str, span, where: str = "") -> Any:
         article = "an" if typ == "int" else "a"
         fail(f"`{name}` is {article} {typ}, but got {_show(value)}{where}", span,
              "choices are strings in quotes" if typ == "choice" else None, code="A031")
+    if typ in ("int", "float") and isinstance(value, int) and abs(value) >= _MAX_INT:
+        fail(f"`{name}` = {_show(value)}{where} is too large", span,
+             "static numbers fit in 64 bits", code="A031")
+    if typ == "float" and not math.isfinite(value):
+        fail(f"`{name}` must be a finite number, got {value!r}{where}", span,
+             "floats are finite: no inf or nan", code="A031")
     return float(value) if typ == "float" else value
+
+
+def _show_int(value: int) -> str:
+    """An int short enough to quote in a message (a 4,000-digit one is not, and Python
+    refuses to print one past 4,300 digits)."""
+    if abs(value) < 10 ** 30:
+        return str(value)
+    return f"an int of {value.bit_length()} bits"
 
 
 def _in_domain(value: Any, domain: Any) -> bool:

@@ -35,9 +35,9 @@ class Source:
 
     @cached_property
     def lines(self) -> list[str]:
-        """Split once: codegen quotes a line per statement (a split per quote was
-        quadratic in the spec's length)."""
-        return self.text.splitlines()
+        """Split once (codegen quotes a line per statement; a split per quote was
+        quadratic in the spec's length), at newlines only, as the parser counts lines."""
+        return self.text.split("\n")  # as the parser counts lines (not at U+2028 etc.)
 
     def line(self, n: int) -> str:
         lines = self.lines

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Union
 
+from . import limits
 from .errors import ArchcError, Source, Span, register_source
 
 # ----------------------------------------------------------------------------- AST
@@ -274,17 +275,14 @@ def parse(text: str, filename: str = "<spec>") -> Model:
     except UnexpectedEOF as e:
         line, col = _end_position(text)
         raise _syntax_error(filename, text, line, col, None, e.expected) from None
+    limits.check_tree(tree, filename)  # before the builder recurses over it
     return _Builder(filename).build(tree)
 
 
 def parse_file(path: str | Path) -> Model:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ArchcError(f"cannot read spec {str(path)!r}: {e.strerror}", None,
-                         "check the path", code="A002") from None
-    return parse(text, str(path))
+    from .sourcefile import read_spec
+
+    return parse(read_spec(path), str(path))
 
 
 def _point(filename: str, line: int, col: int, length: int = 1) -> Span:
@@ -292,7 +290,7 @@ def _point(filename: str, line: int, col: int, length: int = 1) -> Span:
 
 
 def _end_position(text: str) -> tuple[int, int]:
-    lines = text.splitlines() or [""]
+    lines = text.split("\n")  # as the parser counts lines (not at U+2028 etc.)
     while len(lines) > 1 and not lines[-1].strip():
         lines.pop()
     return len(lines), len(lines[-1]) + 1
@@ -429,9 +427,9 @@ class _Builder:
             return Name(str(node), self.tok_span(node))
         kind, ch, sp = node.data, node.children, self.span(node)
         if kind == "int":
-            return Num(int(ch[0]), sp)
+            return Num(limits.int_literal(str(ch[0]), sp), sp)
         if kind == "float":
-            return Num(float(ch[0]), sp)
+            return Num(limits.float_literal(str(ch[0]), sp), sp)
         if kind == "string":
             return Str(str(ch[0])[1:-1], sp)
         if kind == "true":

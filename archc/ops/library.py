@@ -33,6 +33,7 @@ class OpDef:
     outputs: tuple[str, ...] = ()   # named outputs exposed as value fields
     tensor_kwargs: tuple[str, ...] = ()  # keyword arguments that take graph values
     retired: tuple[tuple[str, str], ...] = ()  # options it no longer takes: (name, why)
+    reads_tokens: bool = False      # takes token ids (integers); other ops refuse them
     per_head: bool = False          # its shape rule keeps the input's rank (see `refuses`)
 
     def refuses(self, types: list[TensorType]) -> int | None:
@@ -95,7 +96,7 @@ class EmbedAttrs(InitAttrs):
 
 
 @op("embed", EmbedAttrs, "token embedding; `scale` multiplies the output (Huginn uses sqrt(d))",
-    stateful=True)
+    stateful=True, reads_tokens=True)
 def embed(c, tokens, a: EmbedAttrs):
     if tokens.type.dtype != "long":
         c.fail("embed reads token ids, not activations", "call it on `tokens`")
@@ -488,6 +489,9 @@ def hyper_write(c, xs, coeffs, f, a: StreamsAttrs):
     if xs.type.width != a.n * f.type.width:
         c.fail(f"streams of width {xs.type.width} do not hold {a.n} copies of width "
                f"{f.type.width}", "pass the sublayer output computed from hyper_read's h")
+    if coeffs.type.width != a.n + a.n * a.n:
+        c.fail(f"the coefficients of {a.n} streams have width {a.n + a.n * a.n}, not "
+               f"{coeffs.type.width}", "pass the `c` of `h, c = hyper_read(xs, n=...)`")
     return c.emit("hyper_write", [xs, coeffs, f], xs.type, {"n": a.n}, hint="streams")
 
 
@@ -633,7 +637,7 @@ class MoeAttrs(ResidualInitAttrs):
     experts: int = Field(gt=0)
     k: int = Field(default=2, gt=0)
     hidden: int = Field(gt=0)
-    capacity: float = Field(default=1.25, gt=0)
+    capacity: float = Field(default=1.25, gt=0, le=1e6)  # factors of the fair share
     act: Literal["gelu", "relu", "silu"] = "gelu"
     noise: float = Field(default=0.0, ge=0)
 

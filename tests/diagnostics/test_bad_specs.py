@@ -98,7 +98,7 @@ CASES = {
     "if_on_tensor": (HEAD + "x = embed(tokens, vocab=vocab, dim=d)\nif x { x = x }\nreturn x\n",
                      "A031", 3, "static value"),
     "never_called_instance": (HEAD + "let n = rmsnorm()\nreturn embed(tokens, vocab=vocab, dim=d)\n",
-                              "A036", 1, "never called"),
+                              "A036", 2, "never called"),
     "loop_changes_nothing": (HEAD + "x = embed(tokens, vocab=vocab, dim=d)\n"
                              "loop 2 { y = rmsnorm(x) }\nreturn x\n", "A031", 3, "changes nothing"),
     "for_over_number": (HEAD + "x = embed(tokens, vocab=vocab, dim=d)\n"

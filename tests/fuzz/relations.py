@@ -274,11 +274,7 @@ def same_source(texts: list[str]) -> list[int]:
 # (specgen's `avoid`) and pin each with an xfail reproducer in test_metamorphic.py; the
 # lead removes an entry here once its fix is merged, and the fuzz then covers it again.
 # feature: (relations it breaks, "*" for all, the issue item)
-KNOWN = {
-    "identity_statement": (("*",),
-                           "issue 8 item 4 (errors): a body of only `x = x` generates a "
-                           "Python block without a statement (IndentationError)"),
-}
+KNOWN: dict[str, tuple] = {}  # feature: (relations it breaks, why) while a fix is open
 
 
 def known_for(relation: str) -> frozenset:

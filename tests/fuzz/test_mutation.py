@@ -3,9 +3,9 @@ refused with an ArchcError or succeed (load, check, build, one forward); never a
 exception, never a hang. A fixed-seed budget runs here (`ARCHC_FUZZ_SCALE` multiplies
 it); bench/fuzz.py runs the long campaign.
 
-Failure classes that are another area's open work on issue 8 are listed in mutate.KNOWN
-with a reproducer each (xfail, not strict; bench/fuzz.py tags them too): the budget test tolerates them and fails on anything
-else. When a fix is merged, delete its entry and the budget test guards it too.
+Every failure class the fuzz found is in mutate.FOUND with a reproducer, a regression test
+here. Classes still open go in mutate.KNOWN too (xfail, not strict; bench/fuzz.py tags
+them): the budget test tolerates them and fails on anything else.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from mutate import KNOWN, SHALLOW, judge, known_class, mutant, seeds
+from mutate import FOUND, KNOWN, SHALLOW, judge, known_class, mutant, seeds
 
 SCALE = float(os.environ.get("ARCHC_FUZZ_SCALE", "1"))
 CASES = int(1500 * SCALE)  # about 12 s on an idle machine
@@ -44,8 +44,8 @@ def test_mutants_raise_only_archc_errors():
 
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.xfail(strict=False, reason=KNOWN[n][3]))
-    for n in sorted(KNOWN)])
-def test_known_failure_class(name):
-    """The reproducer of each known class raises an ArchcError or succeeds."""
-    outcome, detail = judge(KNOWN[name][2], timeout=TIMEOUT)
+    if n in KNOWN else n for n in sorted(FOUND)])
+def test_found_failure_class(name):
+    """The reproducer of each class the fuzz found raises an ArchcError or succeeds."""
+    outcome, detail = judge(FOUND[name][2], timeout=TIMEOUT)
     assert outcome in ("ok", "ok-big", "archc-error"), (outcome, detail)

@@ -133,9 +133,13 @@ def test_codegen_of_nested_one_iteration_fors_is_linear(monkeypatch):
     assert len(calls) < 100  # one per module of the tree; 2^12 when it was exponential
 
 
-def test_twenty_nested_one_iteration_fors_compile():
-    with alarm(20):  # 30 s when each level built its stack's expression twice
-        source = archc.compile_source(nested([1] * 20))
+def test_the_deepest_nesting_allowed_compiles():
+    """As deep as archc/limits.py lets loops nest (Python allows 20 nested blocks); 20
+    levels took 30 s when each level built its stack's expression twice."""
+    from archc.limits import MAX_LOOP_NESTING
+
+    with alarm(20):
+        source = archc.compile_source(nested([1] * MAX_LOOP_NESTING))
     compile(source, "<generated>", "exec")
 
 

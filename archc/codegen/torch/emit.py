@@ -552,7 +552,8 @@ class _Forward:
         ]
 
     def _prologue(self, tokens: str, ind: str) -> list[str]:
-        lines = self._unpack_params(ind)
+        lines = [f"{ind}rt.check_tokens({tokens}, {py_str(self.cls.program.name)})"]
+        lines += self._unpack_params(ind)
         stateless = sorted({n.op for b in self.cls.program.classes.values()
                             for n in _walk(b.graph) if n.op in _NO_CACHE})
         if stateless:
@@ -728,11 +729,14 @@ class _Forward:
         else:
             self.lines.append(f"{ind}{header}")
         outer, self.region = self.region, id(node)
+        opened = len(self.lines)
         self._graph(body, ind + INDENT)
         self.region = outer
         results = [self.namer.name[v] for v in body.outputs]
         if results != names:
             self.lines.append(f"{ind}{INDENT}{', '.join(names)} = {', '.join(results)}")
+        if len(self.lines) == opened and halt is None:
+            self.lines.append(f"{ind}{INDENT}pass  # the body leaves its values as they are")
         for out, name in zip(node.outs, names):
             self.namer.bind(out, name)
             self.region_of[out] = self.region
