@@ -83,3 +83,14 @@ def test_generated_code_reads_like_a_hand_written_module():
     assert "def forward(self, tokens, *, r: int = 4, cache=None, seed: int | None = None):" \
         in huginn
     assert "for it in range(r):" in huginn
+
+
+def test_a_declared_run_time_param_is_a_keyword_even_when_nothing_reads_it():
+    """The README promises run-time params as keywords of forward; one that no loop reads
+    yet (a search space under construction) was an unexpected-keyword TypeError."""
+    text = ("model m(vocab: int = 16, d: int = 8, r: int = 2 in 1..=3 runtime)\n"
+            "let emb = embed(vocab=vocab, dim=d)\nx = emb(tokens)\n"
+            "return lm_head(x, tied=emb)\n")
+    m = archc.build(text)
+    tokens = torch.zeros(1, 2, dtype=torch.long)
+    assert torch.equal(m(tokens, r=3), m(tokens))

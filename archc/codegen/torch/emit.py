@@ -115,6 +115,9 @@ class _Context:
                 found.add(_CACHE)
             if node.op == "init_state" and node.attr("mode") != "zeros":
                 found.update((_CACHE, _SEED))  # noise keyed by (seed, absolute position)
+        if cls == self.program.root:  # every declared run-time param is a keyword of
+            found.update(p for p, info in self.program.params.items()  # forward, used or not
+                         if info.runtime and p != "step")
         runtime = [p for p in self.program.params if p in found]
         ropes = sorted((n for n in found if n in self.tables), key=self.rope_names.get)
         cache = [_CACHE, _SLOT] if self.slots(cls) or _CACHE in found or \
