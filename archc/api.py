@@ -62,6 +62,13 @@ def _read(spec: str | Path) -> tuple[str, str]:
     return "<spec>", spec
 
 
+@lru_cache(maxsize=32)
+def _parsed(text: str, file: str) -> syntax.Model:
+    """The AST of a spec's text (immutable, so shared): a search loop or a test that loads,
+    builds and prices one spec many times parses it once."""
+    return syntax.parse(text, file)
+
+
 def load(spec: "str | Path | Spec", budget: Budget | None = None, **params: Any) -> Spec:
     """Parse, check and bind params. Raises ArchcError for any problem in the spec."""
     if isinstance(spec, Spec):
@@ -72,8 +79,8 @@ def load(spec: "str | Path | Spec", budget: Budget | None = None, **params: Any)
         budget = budget or spec.budget
     else:
         file, text = _read(spec)
-    model = syntax.parse(text, file)
-    program = elaborate(model, params, budget)
+    register_source(Source(file, text))  # errors quote this text, even on a cached parse
+    program = elaborate(_parsed(text, file), params, budget)
     return Spec(file, text, program, dict(params), budget=budget)
 
 
@@ -153,33 +160,13 @@ def _remember_source(filename: str, source: str) -> None:
 # Exported as archc.cost, archc.hash and archc.format. None of them imports torch.
 
 
-@lru_cache(maxsize=32)
-def _parsed(text: str, file: str) -> syntax.Model:
-    return syntax.parse(text, file)
-
-
-def _bound(spec: "str | Path | Spec", params: dict[str, Any]) -> Spec:
-    """`load`, with the parse of a spec's text cached (the AST is immutable), so a search
-    loop that prices many bindings of one spec parses it once."""
-    if isinstance(spec, Spec):
-        if not params:
-            return spec
-        file, text = spec.file, spec.text
-        params = {**spec.overrides, **params}
-    else:
-        file, text = _read(spec)
-    register_source(Source(file, text))
-    program = elaborate(_parsed(text, file), params)
-    return Spec(file, text, program, dict(params))
-
-
 def spec_cost(spec: "str | Path | Spec", seq: int = 2048, batch: int = 1, **params: Any):
     """Parameters, FLOPs per token at `seq`, KV-cache bytes per token and training
     activation bytes at `batch` x `seq`, from the IR (see archc/analysis/cost.py).
     Run-time loop counts are taken at their bound value: `cost(spec, r=8)`."""
     from .analysis.cost import cost_of
 
-    return cost_of(_bound(spec, params).program, seq=seq, batch=batch)
+    return cost_of(load(spec, **params).program, seq=seq, batch=batch)
 
 
 def spec_hash(spec: "str | Path | Spec", **params: Any) -> str:
@@ -187,7 +174,7 @@ def spec_hash(spec: "str | Path | Spec", **params: Any) -> str:
     params: stable across formatting, comments and renaming (see archc/identity.py)."""
     from .identity import program_hash
 
-    return program_hash(_bound(spec, params).program)
+    return program_hash(load(spec, **params).program)
 
 
 def format_spec(spec: "str | Path") -> str:
