@@ -17,7 +17,7 @@ from typing import Any
 
 from . import syntax
 from .elaborate import Budget, elaborate
-from .errors import ArchcError, Source, register_source
+from .errors import ArchcError, Source, Span, register_source
 from .ir import ParamInfo, Program
 from .sourcefile import read_spec
 
@@ -69,6 +69,18 @@ def _parsed(text: str, file: str) -> syntax.Model:
     return syntax.parse(text, file)
 
 
+def _check_size(file: str, text: str, budget: Budget) -> None:
+    """Refuse a spec too long to parse within the budget, before parsing it."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > budget.max_source_bytes:
+        raise ArchcError(f"the spec is {size:,} bytes long, over the budget of "
+                         f"{budget.max_source_bytes:,} bytes of spec text",
+                         Span(file, 1, 1, 1, 2),
+                         "write repeated layers as a `for` or `loop`, or raise the budget: "
+                         "`--max-source-bytes N` on the command line, `archc.load(spec, "
+                         "budget=archc.Budget(max_source_bytes=N))` in Python", code="A040")
+
+
 def load(spec: "str | Path | Spec", budget: Budget | None = None, **params: Any) -> Spec:
     """Parse, check and bind params. Raises ArchcError for any problem in the spec."""
     if isinstance(spec, Spec):
@@ -79,6 +91,7 @@ def load(spec: "str | Path | Spec", budget: Budget | None = None, **params: Any)
         budget = budget or spec.budget
     else:
         file, text = _read(spec)
+    _check_size(file, text, budget or Budget())
     register_source(Source(file, text))  # errors quote this text, even on a cached parse
     program = elaborate(_parsed(text, file), params, budget)
     return Spec(file, text, program, dict(params), budget=budget)

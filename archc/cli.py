@@ -83,9 +83,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="refuse specs with more parameters than this")
     p.add_argument("--max-nodes", type=_positive, default=None,
                    help="refuse specs with more IR ops than this")
-    p.add_argument("--max-bytes", type=int, default=None,
+    p.add_argument("--max-bytes", type=_positive, default=None,
                    help="refuse to build weights of more bytes than this "
                    "(default: the memory available)")
+    p.add_argument("--max-source-bytes", type=_positive, default=None,
+                   help="refuse spec files longer than this (default 131072)")
 
 
 def _mode(p: argparse.ArgumentParser) -> None:
@@ -260,6 +262,8 @@ def _load(args, parser):
         budget.max_nodes = args.max_nodes
     if args.max_bytes is not None:
         budget.max_bytes = args.max_bytes
+    if args.max_source_bytes is not None:
+        budget.max_source_bytes = args.max_source_bytes
     spec_path = Path(args.spec)
     if not spec_path.is_file():
         raise ArchcError(f"no spec file at {args.spec!r}", None,

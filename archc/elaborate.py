@@ -40,6 +40,10 @@ class Budget:
     max_nodes: int = 200_000
     max_params: int = 20_000_000_000
     max_bytes: int | None = None  # for archc.build's weights; None: the memory available
+    # Spec text, checked before parsing: lark parses about 4,000 statements a second here,
+    # so this keeps every check within the budget under 5 s; written specs are a few KiB
+    # (depth comes from `for` and `loop`, not from copied lines).
+    max_source_bytes: int = 128 * 1024
 
 
 BUDGET_HINT = ("lower the depth, or raise the budget: `--max-nodes N` on the command line, "

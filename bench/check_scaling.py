@@ -75,7 +75,7 @@ def stage_times(text: str, skip: set[str]) -> dict[str, float]:
     from archc.passes import PIPELINE
     from archc.verify import verify
 
-    budget = Budget(max_nodes=10**8)
+    budget = Budget(max_nodes=10**8, max_source_bytes=10**9)
     out: dict[str, float] = {}
 
     def timed(name, fn):

@@ -74,6 +74,18 @@ def test_a_loop_in_a_stack_and_a_stack_in_a_block_count_at_full_size():
     assert err.code == "A040" and "call of `deep`" in err.message
 
 
+def test_spec_text_past_the_budget_is_refused_before_parsing():
+    """Parsing is linear but not free (about 4,000 statements a second): a spec of 10,000
+    copied lines would take seconds to check, so it is refused at once, located, unless
+    the budget is raised."""
+    text = HEAD + STEP * 10_000 + TAIL
+    with alarm(5):
+        err = refusal(text)
+    assert err.code == "A040" and err.span.line == 1 and "max_source_bytes" in err.hint
+    raised = archc.Budget(max_source_bytes=len(text) + 1)
+    assert archc.load(HEAD + STEP * 3 + TAIL, budget=raised).name == "m"
+
+
 def test_the_budget_counts_each_op_once_and_can_be_raised():
     # 40 x 40 iterations of 3 ops, spliced (the body reads its indices), plus embed and
     # head: 4,802 ops, each counted once (a spliced iteration was counted again)
