@@ -40,6 +40,9 @@ class Budget:
     max_nodes: int = 200_000
     max_params: int = 20_000_000_000
     max_bytes: int | None = None  # for archc.build's weights; None: the memory available
+    # Ops elaborated one by one (repeats of a uniform stack or of a block class are not
+    # elaborated again): about 10 µs each here, so every check within budget takes < 5 s.
+    max_built: int = 20_000
     # Spec text, checked before parsing: lark parses about 4,000 statements a second here,
     # so this keeps every check within the budget under 5 s; written specs are a few KiB
     # (depth comes from `for` and `loop`, not from copied lines).
@@ -257,7 +260,8 @@ class Elaborator:
         self.class_keys: dict[Any, str] = {}
         self.class_names: set[str] = set()
         self.block_stack: list[tuple[str, Span | None]] = []
-        self.nodes = 0
+        self.nodes = 0  # ops of the model, every iteration counted (the size budget)
+        self.built = 0  # ops actually elaborated (the work budget)
         self.class_sizes: dict[str, int] = {}  # ops one call of a class stands for
         self.rope: dict[tuple[int, float], str] = {}
         self.globals: dict[str, Any] = {}
@@ -631,9 +635,17 @@ class Elaborator:
 
     def count_node(self, span: Span | None) -> None:
         self.nodes += 1
+        self.built += 1
         if self.nodes > self.budget.max_nodes:
             fail(f"the model has more than {self.budget.max_nodes:,} ops, over the size budget",
                  span, BUDGET_HINT, code="A040")
+        if self.built > self.budget.max_built:
+            fail(f"elaborating the spec builds more than {self.budget.max_built:,} ops one by "
+                 "one, over the work budget", span,
+                 "a stack whose iterations differ (its body reads the index, or a depth "
+                 "reference) is built iteration by iteration; make the layers alike so it is "
+                 "built once, lower the depth, or raise `archc.Budget(max_built=N)`",
+                 code="A040")
 
     def count_repeats(self, times: int, ops: int, span: Span | None, what: str) -> None:
         """Count `times` more runs of `ops` ops elaborated once (the other iterations of a

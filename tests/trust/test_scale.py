@@ -74,6 +74,19 @@ def test_a_loop_in_a_stack_and_a_stack_in_a_block_count_at_full_size():
     assert err.code == "A040" and "call of `deep`" in err.message
 
 
+def test_a_stack_built_iteration_by_iteration_is_refused_by_the_work_budget():
+    """A body that reads its index is elaborated once per iteration: 300 x 300 of them
+    took 31 s to reach the size budget; the work budget refuses it after 20,000 ops."""
+    body = "x = x + linear(x, out=d) * (a0 + a1)\n"
+    with alarm(20):
+        err = refusal(nested([300, 300], body))
+    assert err.code == "A040" and "work budget" in err.message
+    assert "max_built" in err.hint and err.span.line == 5
+    small = nested([3, 3], body)
+    assert archc.load(small, budget=archc.Budget(max_built=30)).name == "m"
+    assert refusal(small, archc.Budget(max_built=20)).code == "A040"
+
+
 def test_spec_text_past_the_budget_is_refused_before_parsing():
     """Parsing is linear but not free (about 4,000 statements a second): a spec of 10,000
     copied lines would take seconds to check, so it is refused at once, located, unless
