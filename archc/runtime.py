@@ -450,14 +450,6 @@ def kv_cache(cache: "KVCache | None", slot: int, k, v):
     return cache.update(slot, k, v)
 
 
-def no_incremental_decoding(cache: "KVCache | None", ops: str) -> None:
-    """Raise for a cached call of a model whose state across positions (here: `ops`) is not
-    kept in the KV cache: such a model decodes by running its whole prefix again."""
-    if cache is not None and cache.pos > 0:
-        raise NotImplementedError(f"incremental decoding is not supported for {ops}; "
-                                  "run the whole sequence without a cache")
-
-
 def cache_params(cache: "KVCache | None", params: dict[str, int]) -> None:
     """Every call with a cache passes its run-time params (see KVCache.keep_params)."""
     if cache is not None:

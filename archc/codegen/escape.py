@@ -27,7 +27,7 @@ Where each generated-source position gets its text (torch backend, archc/codegen
 | leaf module args (`rt.MoE(..., act='gelu')`)         | `literal`           |
 | block instance args (`Block(onset=3)`)               | `literal`           |
 | op attributes (`select_kv` inference branch, halting `per`) | `py_str`     |
-| messages (`rt.check_count(r, 8, 'r')`, `rt.no_incremental_decoding`) | `py_str` |
+| messages (`rt.check_count(r, 8, 'r')`, `rt.refuse_cache`, `rt.check_types`) | `py_str`, `literal` |
 | `module.__file__` of a build (archc/api.py)          | `file_name`         |
 
 Names (values, instances, labels, loop variables, params, blocks, the model) are

@@ -97,9 +97,10 @@ class Prim:
     elementwise: bool = False
     calls_module: bool = False
     flops: FlopRule | None = None  # None: not declared; the cost model counts it as 0
-    # why a node with these attrs cannot be decoded incrementally with a KV cache (None:
-    # it can); a cache gives a position the keys of earlier positions, never later ones
-    no_decode: Callable[[dict], str | None] | None = None
+    # why a node with these attrs cannot be decoded incrementally with a KV cache, and
+    # what to do instead (None: it can); a cache gives a position only what it keeps of
+    # earlier positions: their keys and values
+    no_decode: Callable[[dict], tuple[str, str] | None] | None = None
 
 
 def _call(args, attrs, mod):
@@ -135,14 +136,22 @@ def _attend(a, attrs, mod):
     return f"rt.attend({a[0]}, {a[1]}, {a[2]}{extra})"
 
 
-def _reads_later_positions(causal_by_default: bool) -> Callable[[dict], str | None]:
+def _reads_later_positions(causal_by_default: bool) -> Callable[[dict], tuple | None]:
     """A non-causal attention's output at a position depends on later positions (`attend`
     is causal unless told otherwise, `sdpa` only when told so)."""
-    def rule(attrs: dict) -> str | None:
+    def rule(attrs: dict) -> tuple[str, str] | None:
         if attrs.get("causal", causal_by_default):
             return None
-        return "attention(..., causal=false) attends to later positions"
+        return ("attention(..., causal=false) attends to later positions, which a KV cache "
+                "(earlier positions only) cannot hold",
+                "run whole sequences without a cache (m(tokens)), or make it causal")
     return rule
+
+
+def _state_not_cached(what: str) -> Callable[[dict], tuple[str, str]]:
+    """An op that carries state across positions which the KV cache does not keep yet."""
+    return lambda attrs: (f"{what} is not kept in the KV cache yet",
+                          "run whole sequences without a cache (m(tokens))")
 
 
 def _depth_mix(a, attrs, mod):
@@ -289,9 +298,11 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
     Prim("repbn", _call, calls_module=True, flops=per_element(5)),
     Prim("sigma_linear", _call, calls_module=True, flops=_linear_flops),
     Prim("ds_linear", _call, calls_module=True, flops=_ds_flops),
-    Prim("dwconv", _call, calls_module=True, flops=_dwconv_flops),
+    Prim("dwconv", _call, calls_module=True, flops=_dwconv_flops,
+         no_decode=_state_not_cached("the window of earlier positions of a causal conv")),
     Prim("linear_attend", lambda a, attrs, mod: f"rt.linear_attend({a[0]}, {a[1]}, {a[2]})",
-         flops=_linear_attend_flops),
+         flops=_linear_attend_flops,
+         no_decode=_state_not_cached("linear attention's running sum over earlier positions")),
     Prim("topk", lambda a, attrs, mod: f"rt.topk_keep({a[0]}, {attrs['k']})",
          flops=per_element(2)),
     Prim("partition_norm", _call, calls_module=True, flops=per_element(4)),

@@ -118,8 +118,8 @@ class DecodeBlocker(NamedTuple):
 
 
 def _blocker_of(node: Node) -> DecodeBlocker | None:
-    """A node whose output at a position depends on later positions: a KV cache, which
-    holds only earlier positions, cannot reproduce it (the fact lives in the op table)."""
+    """A node that a KV cache cannot reproduce: its output at a position depends on later
+    positions, or on state the cache does not keep (the fact lives in the op table)."""
     if node.op == "loop":
         halt = node.attr("halt")
         if halt is None or halt[2] != "sequence":
@@ -130,13 +130,12 @@ def _blocker_of(node: Node) -> DecodeBlocker | None:
                              'use per="token" (each position halts on its own), or run '
                              "whole sequences without a cache")
     rule = PRIMS[node.op].no_decode if node.op in PRIMS else None
-    reason = rule(dict(node.attrs)) if rule is not None else None
-    if reason is None:
+    found = rule(dict(node.attrs)) if rule is not None else None
+    if found is None:
         return None
-    return DecodeBlocker(f"{reason}; a KV cache holds only earlier positions, so this "
-                         "model has no incremental decoding", node.span,
-                         "run whole sequences without a cache (m(tokens)), or make it "
-                         "causal")
+    reason, hint = found
+    return DecodeBlocker(f"{reason}, so this model has no incremental decoding", node.span,
+                         hint)
 
 
 def decode_blockers(program: Program) -> list[DecodeBlocker]:

@@ -557,10 +557,6 @@ class _Forward:
     def _prologue(self, tokens: str, ind: str) -> list[str]:
         lines = [f"{ind}rt.check_tokens({tokens}, {py_str(self.cls.program.name)})"]
         lines += self._unpack_params(ind)
-        stateless = sorted({n.op for b in self.cls.program.classes.values()
-                            for n in _walk(b.graph) if n.op in _NO_CACHE})
-        if stateless:
-            lines.append(f"{ind}rt.no_incremental_decoding(cache, {py_str(', '.join(stateless))})")
         if _uses_op(self.cls.program, "moe"):
             lines.append(f"{ind}rt.clear_aux(self)  # load-balance losses of this forward")
         if "step" in self.ctx_args:
@@ -779,15 +775,11 @@ class _Forward:
         return f"for {self.vars[var]} in range({count}):"
 
 
-# Ops whose state across positions is not in the KV cache yet: no incremental decoding.
-_NO_CACHE = {"linear_attend", "dwconv"}
-
-
 def _check_types(method: str, node: Node, names: list[str]) -> str:
     """The statement of a check_shapes build that reports a node's values and IR types."""
     where = tuple(f"{method} {o} {node.op}" for o in node.outs)
     types = tuple(str(t) for t in node.types)
-    return f"rt.check_types({where!r}, {types!r}, {', '.join(names)})"
+    return f"rt.check_types({literal(where)}, {literal(types)}, {', '.join(names)})"
 
 
 def _uses_op(program: Program, op: str) -> bool:
@@ -796,16 +788,16 @@ def _uses_op(program: Program, op: str) -> bool:
 
 def _refuse_cache(program: Program, ind: str) -> list[str]:
     """new_cache raises for a model that cannot decode incrementally (kvplan says why);
-    spec text (the file name) reaches the code only as a string literal (repr)."""
+    spec text (the file name) reaches the code only as a string literal (escape.py)."""
     blockers = decode_blockers(program)
     if not blockers:
         return []
     first = blockers[0]
     span = first.span
-    where = repr((span.file, span.line, span.col, span.end_line, span.end_col)) \
+    where = literal((span.file, span.line, span.col, span.end_line, span.end_col)) \
         if span else "None"
-    return [f"{ind}rt.refuse_cache(", f"{ind}{INDENT}{first.message!r},",
-            f"{ind}{INDENT}{where},", f"{ind}{INDENT}{first.hint!r})"]
+    return [f"{ind}rt.refuse_cache(", f"{ind}{INDENT}{py_str(first.message)},",
+            f"{ind}{INDENT}{where},", f"{ind}{INDENT}{py_str(first.hint)})"]
 
 
 def _fills_cache(graph: Graph) -> bool:
