@@ -223,7 +223,8 @@ class _Gen:
         kind = self.d.choice(("attention", "attention", "mlp", "swiglu", "linear", "act",
                               "other"))
         if kind == "other":
-            kind = self.d.choice(("sigma_linear", "ds_linear", "topk", "moe", "linear"))
+            kind = self.d.choice(("sigma_linear", "ds_linear", "topk", "moe", "linear",
+                                  "linear_attention"))
             if not self.allowed(kind):
                 kind = "linear"
         if kind == "attention":
@@ -258,6 +259,12 @@ class _Gen:
             k = f"k={k}" if self.d.boolean() else str(k)
             return (f"linear(topk(relu(linear({x}, out={hidden}{bias})), {k}), "
                     f"out={self.width}{bias})")
+        if kind == "linear_attention":
+            self.features.add("linear_attention")
+            heads = self.d.choice([h for h in (1, 2, 4) if self.width % h == 0])
+            kernel = f", kernel={self.d.integer(1, 4)}" if self.d.boolean() else ""
+            return (f"linear_attention({x}, heads={heads}{kernel}"
+                    f"{self.init_opts('linear_attention')})")
         if kind == "moe":
             self.features.add("moe")
             experts = self.d.integer(1, 4)
@@ -267,6 +274,8 @@ class _Gen:
                 args.append(f"k={k}")
             if self.d.boolean(0.3):
                 args.append(f"capacity={self.d.choice((0.5, 1.0, 2.0))}")
+            if self.d.boolean(0.2):
+                args.append("noise=0.1")  # router noise, in training only
             act = self.d.choice(literal_options("moe", "act"))
             if act != "gelu":
                 args.append(f"act={lit(act)}")
@@ -548,14 +557,14 @@ class _Gen:
                     "}",
                     self.d.choice((f"x = x + {st}", f"x = {st}"))]
         if kind == "head_loop":
-            heads = self.d.choice([h for h in (1, 2, 4) if self.width % h == 0])
-            rope = (self.width // heads) % 2 == 0 and self.d.boolean(0.7)
+            heads, kv, rope = self.heads()
+            rope = rope and self.d.boolean(0.7)
             attn, lp, nm = self.fresh("attn"), self.fresh("looped"), self.fresh("norm")
             a, o = self.fresh("a"), self.fresh("o")
             self.features.update({"attention", "loop", "shared_instance"})
             return [f"let {nm} = rmsnorm()",
                     f"let {attn} = attention(heads={heads}" + ("" if rope else ", rope=false")
-                    + ")",
+                    + (f", kv_heads={kv}" if kv != heads else "") + ")",
                     f"let {lp} = head_loop(attn={attn}, heads={self.d.integer(1, heads)})",
                     f"{a} = {attn}({nm}(x))",
                     f"{o} = {a}.heads",

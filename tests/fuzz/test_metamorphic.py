@@ -87,7 +87,8 @@ def test_the_generator_reads_the_op_registry():
               # the paper constructs (specgen's `exotic` and the rarer sublayers and norms)
               "moe", "hyper", "head_loop", "partition_norm", "rotate", "horn", "batchnorm",
               "init_state", "sigma", "ds_linear", "topk", "width_route", "delta",
-              "leaky_relu", "gate_head", "gated_mix_opts", "init", "embed_scale"}
+              "leaky_relu", "gate_head", "gated_mix_opts", "init", "embed_scale",
+              "linear_attention"}
     assert wanted <= seen, wanted - seen
     body = "\n".join(texts)
     for needle in ("qk_norm=true", "alibi=true", "kv_heads=", "swiglu(", "mlp(", "layerscale(",
@@ -118,6 +119,8 @@ REPRODUCERS = {
     "halting": ("decode_prefill", "let c = linear(out=d)\n"
                 "loop r max 3 until converged(x, tol=0.3, per=\"sequence\") {\n"
                 "  x = x + c(rmsnorm(x))\n}\n"),
+    "linear_attention": ("decode_prefill",
+                         "x = x + linear_attention(rmsnorm(x), heads=2)\n"),
     # a block whose only cache use is init_state's positions got no slot base in its call
     # (TypeError in codegen); fixed in emit.py
     "init_state_in_block": ("decode_prefill",
