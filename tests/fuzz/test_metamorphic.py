@@ -119,6 +119,14 @@ REPRODUCERS = {
     "halting": ("decode_prefill", "let c = linear(out=d)\n"
                 "loop r max 3 until converged(x, tol=0.3, per=\"sequence\") {\n"
                 "  x = x + c(rmsnorm(x))\n}\n"),
+    # a one-iteration `for` is spliced, and its index was substituted in node refs but not
+    # in head_loop's `attn=` ref (NameError `i` in the generated forward); fixed in
+    # elaborate.py (_ref_attrs)
+    "head_loop": ("rolled_unrolled",
+                  "for i in 0..1 {\n  let attn = attention(heads=1)\n"
+                  "  let looped = head_loop(attn=attn, heads=1)\n  a = attn(x)\n"
+                  "  o = a.heads\n  loop 1 {\n    a, o = looped(x + a, a, o)\n  }\n"
+                  "  x = x + a\n}\n"),
     "linear_attention": ("decode_prefill",
                          "x = x + linear_attention(rmsnorm(x), heads=2)\n"),
     # a block whose only cache use is init_state's positions got no slot base in its call
