@@ -7,7 +7,13 @@ the ones the metamorphic relations in tests/fuzz/relations.py exercise: `for` st
 `loop`s (static counts, run-time counts with a max, loop indices in scales), shared and
 per-iteration instances, blocks with params, residual adds, attention owning or sharing
 its K/V, norms, mlp/swiglu, gates, scale/layerscale/scalar, drop_path, LoRA adapters,
-`training(...)` forms and depth references (`L[j].h`, `sum(L[0..n].h)`, `kv=L[i - 1].a`).
+`training(...)` forms and depth references (`L[j].h`, `sum(L[0..n].h)`, `kv=L[i - 1].a`);
+and, rarer, the paper constructs (`exotic`): moe, sigma-Reparam (`sigma=true`,
+sigma_linear), ds_linear, topk, linear_attention, leaky_relu, batchnorm/repbn and
+partition_norm among the norms, rotate, horn, delta, width_route/group_fuse,
+hyper-connections (streams/hyper_read/hyper_write/stream_merge), head_loop, a per-head
+gate on an earlier attention's values (`v_add=`), init_state loop states, gate and
+gated_mix options, `init=`/`out_init=`/`std=` on every op that takes them, embed scale.
 
 The generator is written against a small `Draw` interface, so one piece of code serves
 two drivers: `RandomDraw` (a seeded `random.Random`, for bench/fuzz.py's long campaign)
