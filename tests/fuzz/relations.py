@@ -208,8 +208,10 @@ def cost_flops(case) -> None:
     if {"moe", "sigma"} & case.features:
         model.eval()
     if "head_loop" in case.features:
-        # the first forward picks the looped heads by entropy (once, kept as state)
-        measured_flops(model, tokens_for(case, 3), case.runtime)
+        # the first forward of each head loop picks its heads by entropy (once, kept as
+        # state); a loop's later iterations run first at a larger count
+        for rt in bindings(case):
+            measured_flops(model, tokens_for(case, 3), rt)
     excess: dict[str, int] = {}
     for seq, rt in runs:  # two lengths pin both the per-token matmuls and attention's seq term
         c = archc.cost(case.text, seq=seq, batch=BATCH, **rt)

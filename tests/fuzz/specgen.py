@@ -30,6 +30,7 @@ chosen here, since the schema does not know the width.
 from __future__ import annotations
 
 import random
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -305,7 +306,7 @@ class _Gen:
         if kind == "layerscale":
             if self.d.boolean(0.2):
                 return f"layerscale({y})"
-            return f"layerscale({y}, init={self.d.choice((0.1, 0.5, 1e-4, -2.0))})"
+            return f"layerscale({y}, init={self.d.choice((0.1, 0.5, 1e-4, -0.3))})"
         if kind == "scalar":
             return f"scalar({y}, init={self.d.choice((0.5, 1.0))})"
         if kind == "scale":
@@ -639,8 +640,10 @@ class _Gen:
                 own_linear = True
             else:
                 made = self.statement(MAX_NEST - 1, None)
-                own_linear |= len(made) == 1 and not made[0].startswith("x = blk") and any(
-                    op + "(" in made[0] for op in ("linear", "attention", "mlp", "swiglu"))
+                # a plain linear for LoRA: not sigma-Reparam's, ds_linear's or an MoE's
+                own_linear |= len(made) == 1 and not made[0].startswith("x = blk") and \
+                    "sigma=true" not in made[0] and \
+                    re.search(r"(?<![a-z_])(linear|attention|mlp|swiglu)\(", made[0]) is not None
                 lines += made
         self.in_block = False
         self.blocks.append((name, has_hidden, own_linear))
