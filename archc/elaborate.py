@@ -1347,7 +1347,7 @@ class ClassBuilder:
             fix = _collapse_fix(scope)
             if fix is not None:
                 self.gb.graph.rewrite_from(first, lambda n: n.model_copy(
-                    update={"ref": fix(n.ref),
+                    update={"ref": fix(n.ref), "attrs": _ref_attrs(n, fix),
                             "body": _map_graph(n.body, fix) if n.body is not None else None}))
             modules.append(_collapse(scope, st.span))
             values = {}
@@ -2021,11 +2021,18 @@ def _collapse_fix(scope: ModuleScope):
     return fix
 
 
+def _ref_attrs(node: Node, fix) -> tuple:
+    """A node's attributes with `fix` applied to those naming an instance (head_loop's
+    `attn`), like its own ref."""
+    return tuple((key, fix(v) if isinstance(v, Ref) else v) for key, v in node.attrs)
+
+
 def _map_graph(graph: Graph, fix) -> Graph:
     out = Graph(graph.inputs)
     for node in graph.nodes:
         body = _map_graph(node.body, fix) if node.body is not None else None
-        out.add(node.model_copy(update={"ref": fix(node.ref), "body": body}))
+        out.add(node.model_copy(update={"ref": fix(node.ref), "body": body,
+                                        "attrs": _ref_attrs(node, fix)}))
     out.outputs = list(graph.outputs)
     out.names = dict(graph.names)
     return out
@@ -2045,12 +2052,10 @@ def _check_ranks(opdef, inputs: list[TensorVal], e: S.Call) -> None:
 
 def _substitute(node: Node, var: str, k: int, mapping: dict[str, str]) -> Node:
     """Node of a spliced `for` iteration: loop variable -> k, body inputs -> outer values."""
-    ref = node.ref.substitute(var, k) if node.ref is not None else None
-    body = None
-    if node.body is not None:
-        body = _map_graph(node.body, lambda r: r.substitute(var, k) if r is not None else r)
+    fix = lambda r: r.substitute(var, k) if r is not None else r  # noqa: E731
+    body = _map_graph(node.body, fix) if node.body is not None else None
     return node.model_copy(update={
-        "ref": ref, "body": body,
+        "ref": fix(node.ref), "body": body, "attrs": _ref_attrs(node, fix),
         "inputs": tuple(mapping.get(i, i) for i in node.inputs)})
 
 

@@ -7,7 +7,13 @@ the ones the metamorphic relations in tests/fuzz/relations.py exercise: `for` st
 `loop`s (static counts, run-time counts with a max, loop indices in scales), shared and
 per-iteration instances, blocks with params, residual adds, attention owning or sharing
 its K/V, norms, mlp/swiglu, gates, scale/layerscale/scalar, drop_path, LoRA adapters,
-`training(...)` forms and depth references (`L[j].h`, `sum(L[0..n].h)`, `kv=L[i - 1].a`).
+`training(...)` forms and depth references (`L[j].h`, `sum(L[0..n].h)`, `kv=L[i - 1].a`);
+and, rarer, the paper constructs (`exotic`): moe, sigma-Reparam (`sigma=true`,
+sigma_linear), ds_linear, topk, linear_attention, leaky_relu, batchnorm/repbn and
+partition_norm among the norms, rotate, horn, delta, width_route/group_fuse,
+hyper-connections (streams/hyper_read/hyper_write/stream_merge), head_loop, a per-head
+gate on an earlier attention's values (`v_add=`), init_state loop states, gate and
+gated_mix options, `init=`/`out_init=`/`std=` on every op that takes them, embed scale.
 
 The generator is written against a small `Draw` interface, so one piece of code serves
 two drivers: `RandomDraw` (a seeded `random.Random`, for bench/fuzz.py's long campaign)
@@ -24,9 +30,11 @@ chosen here, since the schema does not know the width.
 from __future__ import annotations
 
 import random
+import re
 import typing
 from dataclasses import dataclass, field
 
+from archc.init import USES_STD
 from archc.ops import OPS
 
 VOCABS = (16, 24, 32)
@@ -156,10 +164,27 @@ class _Gen:
                 args.append(f"{name}={lit(not default)}")
                 if name == "causal":
                     self.features.add("non_causal")
+        extra = self.init_opts("attention") + self.sigma()
+        if extra:
+            args.append(extra.removeprefix(", "))
         return args, rope
 
-    def norm(self, x: str) -> str:
-        kind = self.d.choice(("rmsnorm", "rmsnorm", "layernorm", "none"))
+    def norm(self, x: str, final: bool = False) -> str:
+        kind = self.d.choice(("rmsnorm", "rmsnorm", "layernorm", "none", "other"))
+        if kind == "other":
+            kind = self.d.choice(("rmsnorm", "batchnorm", "repbn", "partition_norm"))
+            if final and kind in ("batchnorm", "repbn"):
+                # eval BatchNorm with fresh running statistics is near the identity: before
+                # lm_head it leaves a deep unnormed stack's logits to overflow float32
+                kind = "rmsnorm"
+            if kind in ("batchnorm", "repbn") and self.allowed("batchnorm"):
+                self.features.add("batchnorm")
+                return f"{kind}({x})"
+            if kind == "partition_norm" and self.allowed("partition_norm"):
+                self.features.add("partition_norm")
+                parts, dc = self.d.choice(self.partitions())
+                return f"partition_norm({x}, parts={parts}" + (f", dc={dc}" if dc else "") + ")"
+            kind = "rmsnorm"
         if kind == "none":
             return x
         if kind == "layernorm" and self.d.boolean(0.3):
@@ -169,9 +194,50 @@ class _Gen:
     def hidden(self) -> int:
         return self.d.choice((4, 8, 12, 16))
 
+    def init_opts(self, op: str, p: float = 0.12) -> str:
+        """Optional `init=` / `out_init=` / `std=` of an op, from its schema (", ..." or "")."""
+        if not self.allowed("init") or not self.d.boolean(p):
+            return ""
+        self.features.add("init")
+        fields = OPS[op].attrs.model_fields
+        opts, used = [], []
+        for name in ("init", "out_init"):
+            if name in fields and self.d.boolean(0.6):
+                value = self.d.choice(literal_options(op, name))
+                opts.append(f"{name}={lit(value)}")
+                used.append(value)
+        defaults = [fields[n].default for n in ("init", "out_init") if n in fields
+                    and not any(o.startswith(n + "=") for o in opts)]
+        if any(v in USES_STD for v in used + defaults) and self.d.boolean(0.5):
+            opts.append(f"std={self.d.choice((0.01, 0.05, 0.3))}")
+        return "".join(", " + o for o in opts)
+
+    def sigma(self) -> str:
+        """Optional `sigma=true` (sigma-Reparam weights) on linear, mlp, swiglu, attention."""
+        if self.allowed("sigma") and self.d.boolean(0.08):
+            self.features.add("sigma")
+            return ", sigma=true"
+        return ""
+
+    def partitions(self, rotate: bool = False) -> list[tuple[int, int]]:
+        """(parts, dc) with the width = parts * c + dc (c even for a rotation)."""
+        out = []
+        for parts in (1, 2, 3, 4):
+            for dc in (0, 2, 4):
+                c, rest = divmod(self.width - dc, parts)
+                if c > 0 and not rest and (not rotate or c % 2 == 0):
+                    out.append((parts, dc))
+        return out
+
     def sublayer(self, x: str) -> str:
         """A width-preserving weight-carrying op applied to x."""
-        kind = self.d.choice(("attention", "attention", "mlp", "swiglu", "linear", "act"))
+        kind = self.d.choice(("attention", "attention", "mlp", "swiglu", "linear", "act",
+                              "other"))
+        if kind == "other":
+            kind = self.d.choice(("sigma_linear", "ds_linear", "topk", "moe", "linear",
+                                  "linear_attention"))
+            if not self.allowed(kind):
+                kind = "linear"
         if kind == "attention":
             heads, kv, rope = self.heads()
             args, _ = self.attention_args(heads, kv, rope)
@@ -184,21 +250,67 @@ class _Gen:
                 args.append(f"act={lit(act)}")
             if self.d.boolean(0.3):
                 args.append("bias=true")
-            return f"mlp({x}, {', '.join(args)})"
+            return f"mlp({x}, {', '.join(args)}{self.init_opts('mlp')}{self.sigma()})"
         if kind == "swiglu":
-            return f"swiglu({x}, hidden={self.hidden()})"
+            return f"swiglu({x}, hidden={self.hidden()}{self.init_opts('swiglu')}{self.sigma()})"
         bias = ", bias=true" if self.d.boolean(0.3) else ""
+        if kind == "sigma_linear":
+            self.features.add("sigma")
+            return f"sigma_linear({x}, out={self.width}{bias}{self.init_opts('sigma_linear')})"
+        if kind == "ds_linear":
+            self.features.add("ds_linear")
+            rank = self.d.choice((2, 4, 8))
+            nnz = self.d.integer(1, min(rank, 4))
+            return f"ds_linear({x}, out={self.width}, rank={rank}, nnz={nnz}{bias})"
+        if kind == "topk":
+            # Lazy Neuron: the hidden activation keeps its k largest entries
+            self.features.add("topk")
+            hidden = self.hidden()
+            k = self.d.integer(1, hidden)
+            k = f"k={k}" if self.d.boolean() else str(k)
+            return (f"linear(topk(relu(linear({x}, out={hidden}{bias})), {k}), "
+                    f"out={self.width}{bias})")
+        if kind == "linear_attention":
+            self.features.add("linear_attention")
+            heads = self.d.choice([h for h in (1, 2, 4) if self.width % h == 0])
+            kernel = f", kernel={self.d.integer(1, 4)}" if self.d.boolean() else ""
+            return (f"linear_attention({x}, heads={heads}{kernel}"
+                    f"{self.init_opts('linear_attention')})")
+        if kind == "moe":
+            self.features.add("moe")
+            experts = self.d.integer(1, 4)
+            args = [f"experts={experts}", f"hidden={self.hidden()}"]
+            k = self.d.integer(1, experts)
+            if k != 2:
+                args.append(f"k={k}")
+            if self.d.boolean(0.3):
+                args.append(f"capacity={self.d.choice((0.5, 1.0, 2.0))}")
+            if self.d.boolean(0.2):
+                args.append("noise=0.1")  # router noise, in training only
+            act = self.d.choice(literal_options("moe", "act"))
+            if act != "gelu":
+                args.append(f"act={lit(act)}")
+            return f"moe({x}, {', '.join(args)}{self.init_opts('moe')})"
         if kind == "linear":
-            return f"linear({x}, out={self.width}{bias})"
-        act = self.d.choice(("silu", "gelu", "relu", "tanh", "sigmoid"))
-        return f"{act}(linear({x}, out={self.width}{bias}))"
+            return f"linear({x}, out={self.width}{bias}{self.init_opts('linear')}{self.sigma()})"
+        act = self.d.choice(("silu", "gelu", "relu", "tanh", "sigmoid", "leaky_relu"))
+        inner = f"linear({x}, out={self.width}{bias})"
+        if act == "leaky_relu":
+            if not self.allowed("leaky_relu"):
+                return f"silu({inner})"
+            self.features.add("leaky_relu")
+            slope = self.d.choice(("", ", 0.2", ", slope=0.1", ", slope=-0.5"))
+            return f"leaky_relu({inner}{slope})"
+        return f"{act}({inner})"
 
     def wrap(self, y: str, x: str, scale_ok: str | None = None) -> str:
         """An optional multiplier on a residual branch."""
         kind = self.d.choice(("none", "none", "none", "layerscale", "scalar", "scale",
                               "drop_path", "gate", "training", "index"))
         if kind == "layerscale":
-            return f"layerscale({y}, init={self.d.choice((0.1, 0.5, 1e-4))})"
+            if self.d.boolean(0.2):
+                return f"layerscale({y})"
+            return f"layerscale({y}, init={self.d.choice((0.1, 0.5, 1e-4, -0.3))})"
         if kind == "scalar":
             return f"scalar({y}, init={self.d.choice((0.5, 1.0))})"
         if kind == "scale":
@@ -210,8 +322,12 @@ class _Gen:
             self.features.add("gate")
             per = self.d.choice(("channel", "token"))
             units = f", units={self.width}" if per == "channel" else ""
-            act = self.d.choice(("sigmoid", "tanh", "softmax", "identity"))
+            act = self.d.choice(literal_options("gate", "act"))
             acts = "" if act == "sigmoid" else f", act={lit(act)}"
+            if self.d.boolean(0.3):
+                acts += ", bias=true" + (f", bias_init={self.d.choice((1.0, -2.0))}"
+                                         if self.d.boolean() else "")
+            acts += self.init_opts("gate")
             return f"gate({x}, per={lit(per)}{units}{acts}) * {y}"
         if kind == "training":
             self.features.add("training")
@@ -232,7 +348,13 @@ class _Gen:
             self.features.add("dead_value")
             return [f"{self.fresh('y')} = linear(x, out={self.width})"]
         if form == "mix":
-            return [f"x = gated_mix(x, {self.sublayer(self.norm('x'))})"]
+            opts = ""
+            if self.allowed("gated_mix_opts") and self.d.boolean(0.4):
+                self.features.add("gated_mix_opts")
+                if self.d.boolean():
+                    opts += f", bias={self.d.choice((0.0, -1.0, 3.5))}"
+                opts += self.init_opts("gated_mix", 1.0)
+            return [f"x = gated_mix(x, {self.sublayer(self.norm('x'))}{opts})"]
         if form == "post":
             return [f"x = rmsnorm(x + {self.sublayer('x')})"]
         if form == "plain":
@@ -376,6 +498,110 @@ class _Gen:
             return f"swiglu(hidden={self.hidden()})"
         return f"linear(out={self.width})"
 
+    # ---------------------------------------------------------------- rarer constructs
+
+    def exotic(self, nest: int) -> list[str]:
+        """One of the paper constructs: hyper-connections, delta, head_loop, width routing,
+        a per-head gate on values, a rotation, a loop state from init_state."""
+        kinds = ["delta", "width_route", "gate_head", "rotate", "init_state", "head_loop"]
+        if not self.in_block:
+            kinds.append("hyper")
+        kinds = [k for k in kinds if self.allowed(k) and (k != "rotate" or
+                                                         self.partitions(rotate=True))]
+        if not kinds:
+            return self.residual(None)
+        kind = self.d.choice(kinds)
+        self.features.add(kind)
+        if kind == "delta":
+            h = self.fresh("h")
+            beta = f", beta_init={self.d.choice((0.0, 0.5, 2.0))}" if self.d.boolean(0.4) else ""
+            return [f"{h} = {self.d.choice(('rmsnorm', 'layernorm'))}(x)",
+                    f"x = delta(x, {self.sublayer(h)}, {h}{beta})"]
+        if kind == "width_route":
+            groups = self.d.choice([g for g in (2, 3, 4, 6, 8) if self.width % g == 0])
+            shared = self.d.integer(0, groups - 1)
+            k = self.d.integer(1, groups - shared)
+            m, w = self.fresh("m"), self.fresh("w")
+            opts = "".join(f", {name}={lit(not default)}"
+                           for name, default in bool_flags("width_route").items()
+                           if self.d.boolean(0.25))
+            sh = f", shared={shared}" if shared else ""
+            return [f"{m}, {w} = width_route(x, groups={groups}{sh}, k={k}{opts})",
+                    f"x = x + {w} * group_fuse({self.sublayer(self.norm('x') + ' * ' + m)}, "
+                    f"groups={groups})"]
+        if kind == "gate_head":
+            # satformer's value gate: per kv head multipliers on an earlier attention's values
+            heads, kv, rope = self.heads()
+            norope = "" if rope else ", rope=false"
+            kvs = f", kv_heads={kv}" if kv != heads else ""
+            a, g = self.fresh("a"), self.fresh("g")
+            act = self.d.choice(literal_options("gate", "act"))
+            acts = "" if act == "sigmoid" else f", act={lit(act)}"
+            self.features.add("attention")
+            return [f"{a} = attention({self.norm('x')}, heads={heads}{kvs}{norope})",
+                    f"x = x + {a}",
+                    f"{g} = gate({self.norm('x')}, per=\"head\", units={kv}{acts})",
+                    f"x = x + attention({self.norm('x')}, heads={heads}{kvs}{norope}, "
+                    f"v_add={g} * {a}.v)"]
+        if kind == "rotate":
+            parts, dc = self.d.choice(self.partitions(rotate=True))
+            dcs = f", dc={dc}" if dc else ""
+            return [f"x = rotate(x + {self.sublayer(self.norm('x'))}, parts={parts}{dcs})"]
+        if kind == "init_state":
+            st, core = self.fresh("s"), self.fresh("core")
+            mode = self.d.choice(literal_options("init_state", "init"))
+            opts = "" if mode == "zeros" and self.d.boolean() else f", init={lit(mode)}"
+            if mode == "trunc_normal" and self.d.boolean():
+                opts += f", std={self.d.choice((0.02, 0.5))}"
+            if self.d.boolean(0.3):
+                opts += f", scale={self.d.choice((0.5, 2.0))}"
+            count = str(self.d.integer(1, 3))
+            if not self.in_block and self.d.boolean(0.3):
+                self.runtime.setdefault("r", 2)
+                count = "r max 3"
+                self.features.add("runtime_loop")
+            self.features.update({"loop", "shared_instance"})
+            return [f"let {core} = {self.sublayer_instance()}",
+                    f"{st} = init_state(x{opts})",
+                    f"loop {count} {{",
+                    f"  {st} = {st} + {core}({self.norm(f'{st} + x')})",
+                    "}",
+                    self.d.choice((f"x = x + {st}", f"x = {st}"))]
+        if kind == "head_loop":
+            heads, kv, rope = self.heads()
+            rope = rope and self.d.boolean(0.7)
+            attn, lp, nm = self.fresh("attn"), self.fresh("looped"), self.fresh("norm")
+            a, o = self.fresh("a"), self.fresh("o")
+            self.features.update({"attention", "loop", "shared_instance"})
+            return [f"let {nm} = rmsnorm()",
+                    f"let {attn} = attention(heads={heads}" + ("" if rope else ", rope=false")
+                    + (f", kv_heads={kv}" if kv != heads else "") + ")",
+                    f"let {lp} = head_loop(attn={attn}, heads={self.d.integer(1, heads)})",
+                    f"{a} = {attn}({nm}(x))",
+                    f"{o} = {a}.heads",
+                    f"loop {self.d.integer(1, 2)} {{",
+                    f"  {a}, {o} = {lp}({nm}(x + {a}), {a}, {o})",
+                    "}",
+                    f"x = x + {a}"]
+        # hyper-connections: n residual streams, sublayers read and write them
+        n = self.d.integer(1, 3)
+        xs = self.fresh("xs")
+        opts = ""
+        if self.d.boolean(0.3):
+            opts += f", alpha={self.d.choice((0.1, 1.0))}"
+        if self.d.boolean(0.3):
+            opts += f", sinkhorn_iters={self.d.choice((1, 5))}"
+        body = []
+        for _ in range(self.d.integer(1, 2)):
+            h, c = self.fresh("h"), self.fresh("c")
+            body += [f"{h}, {c} = hyper_read({xs}, n={n}{opts})",
+                     f"{xs} = hyper_write({xs}, {c}, {self.sublayer(self.norm(h))}, n={n})"]
+        if nest < MAX_NEST and self.d.boolean(0.4):
+            body = [f"for {self.fresh('i')} in 0..{self.d.integer(1, 2)} {{",
+                    *["  " + b for b in body], "}"]
+            self.features.add("for")
+        return [f"{xs} = streams(x, n={n})", *body, f"x = stream_merge({xs}, n={n})"]
+
     def statement(self, nest: int, index: str | None) -> list[str]:
         self.left -= 1
         self.nest_now = nest
@@ -386,7 +612,11 @@ class _Gen:
             kinds.append("call")
         if not self.in_block:
             kinds.append("shared_kv")
+        if self.d.boolean(0.4):
+            kinds += ["exotic", "exotic"]
         kind = self.d.choice(kinds)
+        if kind == "exotic":
+            return self.exotic(nest)
         if kind == "for":
             return self.for_stack(nest)
         if kind == "loop":
@@ -414,8 +644,10 @@ class _Gen:
                 own_linear = True
             else:
                 made = self.statement(MAX_NEST - 1, None)
-                own_linear |= len(made) == 1 and not made[0].startswith("x = blk") and any(
-                    op + "(" in made[0] for op in ("linear", "attention", "mlp", "swiglu"))
+                # a plain linear for LoRA: not sigma-Reparam's, ds_linear's or an MoE's
+                own_linear |= len(made) == 1 and not made[0].startswith("x = blk") and \
+                    "sigma=true" not in made[0] and \
+                    re.search(r"(?<![a-z_])(linear|attention|mlp|swiglu)\(", made[0]) is not None
                 lines += made
         self.in_block = False
         self.blocks.append((name, has_hidden, own_linear))
@@ -435,9 +667,19 @@ class _Gen:
         params = [f"vocab: int = {self.vocab}", f"d: int = {self.width}"]
         if "r" in self.runtime:
             params.append("r: int = 2 in 1..=3 runtime")
+        emb = ""
+        if self.allowed("embed_scale") and self.d.boolean(0.15):
+            self.features.add("embed_scale")
+            emb += f", scale={self.d.choice(('2.0', 'sqrt(d)', '0.5'))}"
+        emb += self.init_opts("embed")
+        start = []
+        dcs = [dc for dc in (1, 2, 4) if dc < self.width]
+        if self.allowed("horn") and self.d.boolean(0.08):
+            self.features.add("horn")
+            start.append(f"x = horn(x, dc={self.d.choice(dcs)})")
         lines = [f"model fz({', '.join(params)})", "", *blocks,
-                 "let emb = embed(vocab=vocab, dim=d)", "x = emb(tokens)", *stmts,
-                 f"return lm_head({self.norm('x')}, {head})", ""]
+                 f"let emb = embed(vocab=vocab, dim=d{emb})", "x = emb(tokens)", *start, *stmts,
+                 f"return lm_head({self.norm('x', final=True)}, {head})", ""]
         return "\n".join(lines)
 
 

@@ -668,7 +668,10 @@ class _Forward:
 
     def _expr(self, node: Node, args: list[str]) -> str:
         if node.op == "call":
-            extra = [self._slot(node) if k == _SLOT else "cache" if k == _CACHE
+            # a callee that reads the cache only for positions (init_state's noise) keeps
+            # no slot of its own: any base will do
+            extra = [("0" if node.attr("slot") is None else self._slot(node)) if k == _SLOT
+                     else "cache" if k == _CACHE
                      else self.local[k] for k in self.ctx.needs(node.attr("cls"))]
             if node.attr("iteration"):
                 extra.append(self.vars.get(node.attr("iteration"), node.attr("iteration")))
