@@ -284,19 +284,11 @@ def same_source(texts: list[str]) -> list[int]:
 
 
 # ------------------------------------------------------------------- known failures
-# Generated constructs that break a relation today, each another area's open work on
-# issue 8 (see /work/wt/_notes/AREAS.md). The CI tests keep the generator away from them
-# (specgen's `avoid`) and pin each with an xfail reproducer in test_metamorphic.py; the
-# lead removes an entry here once its fix is merged, and the fuzz then covers it again.
-# feature: (relations it breaks, "*" for all, the issue item)
-KNOWN: dict[str, tuple] = {  # feature: (relations it breaks, why) while a fix is open
-    "linear_attention": (("decode_prefill",),
-                         "a cached forward of linear_attention (its linear_attend and dwconv) "
-                         "raises NotImplementedError from rt.no_incremental_decoding at run "
-                         "time, while new_cache succeeds; a model without incremental decoding "
-                         "should be an ArchcError at new_cache, located at the spec line, as "
-                         "causal=false is (issue 8 item 4)"),
-}
+# Generated constructs that break a relation while their fix is open. The CI tests keep
+# the generator away from them (specgen's `avoid`) and pin each with an xfail reproducer
+# in test_metamorphic.py; once the fix lands, delete the entry and the fuzz covers the
+# construct again. feature: (relations it breaks, "*" for all, why)
+KNOWN: dict[str, tuple] = {}
 
 
 def known_for(relation: str) -> frozenset:
