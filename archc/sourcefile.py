@@ -16,8 +16,9 @@ def read_spec(path: str | Path) -> str:
     """The text of a spec file, or an ArchcError (code A002) saying why not."""
     try:
         data = Path(path).read_bytes()
-    except OSError as e:
-        raise ArchcError(f"cannot read spec {str(path)!r}: {e.strerror or e}", None,
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        reason = getattr(e, "strerror", None) or e
+        raise ArchcError(f"cannot read spec {str(path)!r}: {reason}", None,
                          "pass a path to a .arch file, or the spec text itself",
                          code="A002") from None
     try:

@@ -285,6 +285,15 @@ def test_load_of_a_non_spec_says_what_load_takes(bad):
         assert info.value.code == "A002" and "path to a .arch file" in info.value.hint
 
 
+def test_a_one_line_text_with_a_nul_is_an_unreadable_path_not_a_traceback():
+    """A one-line string that does not start with `model` is read as a path; a NUL in it
+    was a ValueError from open() (found by bench/fuzz.py)."""
+    for entry in (archc.load, archc.cost, archc.format):
+        with pytest.raises(ArchcError) as info:
+            entry("# Wide Att\0ention")
+        assert info.value.code == "A002" and "cannot read spec" in info.value.message
+
+
 def test_fmt_prints_floats_that_parse_back_to_the_same_value():
     values = ["1e300", "1.7976931348623157e308", "5e-324", "2.5e-08", "0.1", "1e16", "3.0"]
     text = "model m(" + ", ".join(f"f{k}: float = {v}" for k, v in enumerate(values)) + ")\n" \
