@@ -98,8 +98,10 @@ def close(relation: str, a, b, what: str) -> None:
     torch = _torch()
     if a.shape != b.shape:
         raise Violation(relation, f"{what}: shapes {tuple(a.shape)} vs {tuple(b.shape)}")
-    if not torch.isfinite(a).all():
-        raise Violation(relation, f"{what}: non-finite logits")
+    if not torch.isfinite(a).all():  # the reference itself overflows: nothing to compare
+        raise NotApplicable(f"{what}: the spec overflows {a.dtype} (no norm holds it)")
+    if not torch.isfinite(b).all():
+        raise Violation(relation, f"{what}: non-finite logits where the reference is finite")
     diff = (a - b).abs().max().item()
     scale = max(1.0, a.abs().max().item())
     if diff > TOL[str(a.dtype).removeprefix("torch.")] * scale:
