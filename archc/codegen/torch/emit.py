@@ -10,8 +10,6 @@ value is dead, so the code reads like a hand-written module (`x = x + a`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ... import __version__
 from ...errors import source_line
 from ..escape import comment, docstring, file_name, literal, py_str
