@@ -363,7 +363,7 @@ class Elaborator:
                  "end the model with `return logits`", code="A030")
         block = cb.finish([out], inputs=(("tokens", TOKENS),))
         for node in block.graph.nodes:
-            if node.op == "attend" and node.attr("past") == "output":
+            if node.op == "scan_attend":
                 fail("an attention over its own past output belongs in a block", node.span,
                      "the block's output feeds the keys; write it as `block layer(x)`",
                      code="A015")

@@ -11,13 +11,10 @@ from __future__ import annotations
 import networkx as nx
 
 from .errors import ArchcError
+from .ops.prims import PRIMS
 from .ir import BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack, broadcast, resolve
 
 _BINARY = {"add", "sub", "mul"}
-_LEAF_OPS = {"linear", "lora", "embed", "rmsnorm", "layernorm", "layerscale", "scalar", "bias",
-             "hyper", "delta", "head_loop", "partition_norm", "rotate",
-             "moe", "width_route", "group_fuse", "batchnorm", "repbn", "sigma_linear",
-             "ds_linear", "dwconv"}
 
 
 def verify(program: Program, after: str = "elaboration") -> Program:
@@ -61,7 +58,9 @@ def _verify_node(program: Program, block: BlockDef, graph: Graph, node: Node,
     types = [graph.types[v] for v in node.inputs]
     if node.op in _BINARY and broadcast(types[0], types[1]) != node.types[0]:
         _bug(after, f"{node.op} of {types[0]} and {types[1]} gives {node.types[0]}", node)
-    if node.op in _LEAF_OPS or node.op == "call":
+    if node.op not in PRIMS and node.op not in ("call", "loop"):
+        _bug(after, f"unknown op {node.op}", node)
+    if node.op == "call" or node.op in PRIMS and PRIMS[node.op].weights:
         if node.ref is None:
             _bug(after, f"{node.op} has no module", node)
         module = resolve(block, node.ref, program.classes)

@@ -21,8 +21,8 @@ nothing, as in the built module:
   `module.new_cache(batch, max_len).nbytes / (batch * max_len)` is.
 - `activation_bytes`: the activations a training step keeps for its backward pass, at
   `batch` x `seq`, in float32. The approximation: each op keeps what its backward needs
-  (`SAVED`: a linear its input, a product both factors, an attention q, k, v, its output
-  and a log-sum-exp per head, plus `saved_extra`), and a value kept by several ops of one
+  (`Prim.saved`: a linear its input, a product both factors, an attention q, k, v, its output
+  and a log-sum-exp per head, plus `Prim.saved_extra`), and a value kept by several ops of one
   graph is counted once. Attention is a fused kernel (no seq x seq score matrix is kept).
   Parameters, gradients, optimizer state, RoPE tables, token ids and the transient memory
   of the backward pass are not counted. Against the tensors torch's autograd actually
@@ -55,59 +55,20 @@ from .scan import plan_scan
 
 FLOAT_BYTES = 4  # activations, caches and parameters are float32
 
-# What the backward pass keeps of each primitive: the positions of the inputs it saves
-# ("out" for its own output, "*" for every input). Ops not listed keep their output.
-SAVED: dict[str, tuple] = {
-    "linear": (0,), "tied_linear": (0,), "lora": (0,),
-    "rmsnorm": (0,), "layernorm": (0,), "layerscale": (0,), "scalar": (0,),
-    "mul": (0, 1), "lerp": (0, 1, 2), "rope": (0,),
-    "silu": (0,), "gelu": (0,), "sigmoid": ("out",), "tanh": ("out",), "relu": ("out",),
-    "softmax_scaled": ("out",),
-    "sdpa": (0, 1, 2, "out"), "attend": (0, 1, 2, "out"), "depth_mix": ("*", "out"),
-    "leaky_relu": (0,), "hyper": (0, "out"), "hyper_write": ("*",), "delta": ("*", "out"),
-    # nothing: sums, constant scales, biases, views and layout, fresh states, gathers
-    "add": (), "sub": (), "neg": (), "scale": (), "bias": (), "embed": (),
-    "heads": (), "merge_heads": (), "gate_heads": (), "concat": (), "split": (),
-    "kv_cache": (), "select_kv": (), "init_state": (), "expand_streams": (),
-    "merge_streams": (),
-}
-
-# Attention primitives: (q, k, v) -> per-head output.
-ATTENTION = frozenset({"sdpa", "attend"})
-
-
 def kv_bytes(node: Node) -> int:
     """KV-cache bytes per token that one application of `node` keeps for decoding.
 
-    The kv plan decides which nodes own a cache slot (`kvplan._owns_slot`: a `kv_cache`
+    The kv plan decides which nodes own a cache slot (`Prim.owns_slot`: a `kv_cache`
     node where an attention keeps its own keys and values, or an attention that fills its
     cache from its block's output); an attention that reads another layer's K/V owns
     none. A slot holds float32 k and v of the slot's layout: 2 * kv_heads * head_dim * 4
     bytes per token. A loop's slots are counted at the loop's *bound* (a run-time count's
     max), since `new_cache` sizes them for every iteration that can run.
     """
-    if not kvplan._owns_slot(node):
+    if not kvplan.owns_slot(node):
         return 0
     heads, head_dim = kvplan.slot_layout(node)
     return 2 * FLOAT_BYTES * heads * head_dim
-
-
-def saved_extra(node: Node, ins: tuple, module) -> int:
-    """Elements per token that an op saves beyond its inputs and outputs: norm statistics,
-    attention's log-sum-exp per head, RoPE's rotated copy, LoRA's rank-r product."""
-    if node.op == "rmsnorm":
-        return 1
-    if node.op == "layernorm":
-        return 2
-    if node.op in ATTENTION:
-        return ins[0].shape[1]
-    if node.op == "rope":
-        return per_token(ins[0])
-    if node.op == "lora" and module is not None:
-        return dict(module.args).get("rank", 0)
-    if node.op == "hyper":  # the normalized streams the coefficient projection reads
-        return per_token(ins[0])
-    return 0
 
 
 @dataclass(frozen=True)
@@ -210,7 +171,7 @@ class _Walker:
         if cached is None:
             block = self.classes[cls]
             cached = self.graph(block, block.graph, attrs, {})
-            if any(n.op == "attend" and n.attr("past") == "output" for n in block.graph.nodes):
+            if any(n.op == "scan_attend" for n in block.graph.nodes):
                 # Run as a scan: the keys of each position are computed again from the
                 # block's output there, through the same norm and k/v projections.
                 keys = plan_scan(block).keys
@@ -301,7 +262,8 @@ class _Walker:
         for node in graph.nodes:
             if node.op in ("loop", "call"):
                 continue
-            slots = SAVED.get(node.op, ("out",))
+            prim = PRIMS[node.op]
+            slots = prim.saved if prim.saved is not None else ("out",)
             values: list[str] = []
             for slot in slots:
                 if slot == "out":
@@ -314,9 +276,11 @@ class _Walker:
                 t = graph.types.get(v)
                 if t is not None and t.dtype == "float":
                     kept[v] = per_token(t)
-            ins = tuple(graph.types[i] for i in node.inputs)
-            module = (resolve(block, node.ref, self.classes) if node.op == "lora" else None)
-            extra += saved_extra(node, ins, module)
+            if prim.saved_extra is not None:
+                ins = tuple(graph.types[i] for i in node.inputs)
+                module = resolve(block, node.ref, self.classes) if node.ref is not None else None
+                extra += prim.saved_extra(FlopInput(ins, node.types, dict(node.attrs), module,
+                                                    self.seq))
         return sum(kept.values()) + extra
 
     def op(self, block: BlockDef, graph: Graph, node: Node, attrs: dict, index: dict) -> _Tally:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from ..errors import ArchcError
 from ..ir import BlockDef, Graph, Node
+from ..ops.prims import PRIMS
 
-_POSITION_MIXING = {"attend", "rope", "kv_cache", "loop", "call", "select_kv", "depth_mix"}
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _subgraph(graph: Graph, keys: set[int], inputs, outputs) -> Graph:
 
 
 def _is_scan_attend(node: Node) -> bool:
-    return node.op == "attend" and node.attr("past") == "output"
+    return node.op == "scan_attend"
 
 
 def plan_scan(block: BlockDef) -> ScanPlan | None:
@@ -95,7 +95,7 @@ def plan_scan(block: BlockDef) -> ScanPlan | None:
     suffix = [kk for kk in graph.g.nodes if kk not in prefix and kk != key]
     for sk in suffix:
         node = graph.g.nodes[sk]["node"]
-        if node.op in _POSITION_MIXING:
+        if node.op in ("loop", "call") or PRIMS[node.op].mixes_positions:
             _fail(f"`{node.op}` after an attention over the block's own past output would "
                   "mix positions", node, "the rest of the block runs one position at a time")
     used_later = {v for sk in suffix for v in graph.g.nodes[sk]["node"].inputs}

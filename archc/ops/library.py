@@ -287,8 +287,7 @@ def _own_output_attention(c, x, a: AttentionAttrs, dh: int):
     if a.qk_norm:
         q = c.norm(q, "q_norm", "rmsnorm", 1e-6)
         k = c.norm(k, "k_norm", "rmsnorm", 1e-6)
-    o = c.emit("attend", [q, k, v], heads,
-               {"causal": True, "gqa": False, "alibi": a.alibi, "past": "output"}, hint="a")
+    o = c.emit("scan_attend", [q, k, v], heads, {"alibi": a.alibi}, hint="a")
     o = c.emit("merge_heads", [o], act(d), hint="a")
     out = c.linear(o, "o", d, a.bias, hint="a", init=a.out_init, std=a.std)
     return c.fields(out, q=q, k=k, v=v)

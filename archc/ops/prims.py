@@ -1,20 +1,18 @@
 """IR primitives: the ops that appear in the graph after elaboration.
 
-Each primitive is declared once here: how it lowers to PyTorch (one expression), whether
-it calls its module, whether it is elementwise (what the fuse pass looks for), and its FLOP
-rule (what `archc.cost` counts). Spec ops such as `attention` are macros in `library.py`
-that expand into these.
+Each primitive is declared once here, with the facts every pass, analysis and backend
+asks about it: whether it calls a weight leaf, is pure (safe to merge), has effects beyond
+its value, is elementwise or row-local (what `fuse` looks for), mixes positions, acts per
+head, owns a KV-cache slot, can be decoded incrementally, what it saves for the backward
+pass, and its FLOP rule (what `archc.cost` counts). Nothing else keeps a table of prim
+names: a pass that needs a fact adds a trait here. How a prim runs is a backend's business
+(`archc/codegen/<backend>/`, a lowering table keyed by these names). Spec ops such as
+`attention` are macros in `library.py` that expand into these.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
-
-from ..codegen.escape import py_str
-
-Lower = Callable[[list[str], dict, str | None], str]
-
 
 class Flops(NamedTuple):
     """Forward FLOPs of one application of a primitive, per token.
@@ -79,61 +77,19 @@ def _sdpa_flops(f: FlopInput) -> Flops:
     """Scores q k^T and the weighted sum over v at `seq` keys, counted in full as torch
     counts scaled_dot_product_attention (a causal mask does not halve the count).
 
-    An attention over its block's own past output (`past="output"`) runs as a scan whose
+    `scan_attend` (an attention over its block's own past output) runs as a scan whose
     tiled prefill multiplies each query only with the keys of earlier positions (the
     diagonal is elementwise): seq * (seq - 1) / 2 pairs, so (seq - 1) / 2 keys per token.
     """
     heads, d_qk = f.ins[0].shape[1], f.ins[0].shape[-1]
     d_v = f.ins[2].shape[-1]
-    if f.attrs.get("past") == "output":
-        return Flops(heads * (f.seq - 1) * (d_qk + d_v), 5 * heads * f.seq)
     return Flops(2 * heads * f.seq * (d_qk + d_v), 5 * heads * f.seq)
 
 
-@dataclass(frozen=True)
-class Prim:
-    name: str
-    lower: Lower
-    elementwise: bool = False
-    calls_module: bool = False
-    flops: FlopRule | None = None  # None: not declared; the cost model counts it as 0
-    # why a node with these attrs cannot be decoded incrementally with a KV cache, and
-    # what to do instead (None: it can); a cache gives a position only what it keeps of
-    # earlier positions: their keys and values
-    no_decode: Callable[[dict], tuple[str, str] | None] | None = None
-
-
-def _call(args, attrs, mod):
-    return f"{mod}({', '.join(args)})"
-
-
-def _binary(symbol: str) -> Lower:
-    return lambda a, attrs, mod: f"{a[0]} {symbol} {a[1]}"
-
-
-def _fn(name: str) -> Lower:
-    return lambda a, attrs, mod: f"{name}({a[0]})"
-
-
-def _scale(a, attrs, mod):
-    return f"{a[0]} * {attrs['by']}"
-
-
-def _sdpa(a, attrs, mod):
-    extra = ", is_causal=True" if attrs.get("causal") else ""
-    if attrs.get("gqa"):
-        extra += ", enable_gqa=True"
-    return f"F.scaled_dot_product_attention({a[0]}, {a[1]}, {a[2]}{extra})"
-
-
-def _attend(a, attrs, mod):
-    opts = []
-    if not attrs.get("causal", True):
-        opts.append("causal=False")
-    if attrs.get("alibi"):
-        opts.append("alibi=True")
-    extra = "".join(f", {o}" for o in opts)
-    return f"rt.attend({a[0]}, {a[1]}, {a[2]}{extra})"
+def _scan_attend_flops(f: FlopInput) -> Flops:
+    heads, d_qk = f.ins[0].shape[1], f.ins[0].shape[-1]
+    d_v = f.ins[2].shape[-1]
+    return Flops(heads * (f.seq - 1) * (d_qk + d_v), 5 * heads * f.seq)
 
 
 def _reads_later_positions(causal_by_default: bool) -> Callable[[dict], tuple | None]:
@@ -152,12 +108,6 @@ def _state_not_cached(what: str) -> Callable[[dict], tuple[str, str]]:
     """An op that carries state across positions which the KV cache does not keep yet."""
     return lambda attrs: (f"{what} is not kept in the KV cache yet",
                           "run whole sequences without a cache (m(tokens))")
-
-
-def _depth_mix(a, attrs, mod):
-    n = attrs["n"]
-    ks, vs = a[1:1 + n], a[1 + n:]
-    return f"rt.depth_mix({a[0]}, [{', '.join(ks)}], [{', '.join(vs)}])"
 
 
 def _depth_mix_flops(f: FlopInput) -> Flops:
@@ -183,11 +133,6 @@ def _hyper_write_flops(f: FlopInput) -> Flops:
 def _delta_flops(f: FlopInput) -> Flops:
     d = f.ins[0].shape[-1]
     return Flops(4 * d, 8 * d)
-
-
-def _head_loop(a, attrs, mod):
-    rope = attrs.get("table") or "None"
-    return f"{mod}({a[0]}, {a[1]}, {a[2]}, {attrs['attn']}, {rope}, cache, {attrs['slot']})"
 
 
 def _head_loop_flops(f: FlopInput) -> Flops:
@@ -242,100 +187,151 @@ def _linear_attend_flops(f: FlopInput) -> Flops:
     return Flops(2 * heads * dh * dh, heads * (3 * dh * dh + 4 * dh))
 
 
-def _select_kv(a, attrs, mod):
-    return (f"rt.select_kv(self.training, {attrs['p']!r}, {py_str(attrs['infer'])}, "
-            f"({a[0]}, {a[1]}), ({a[2]}, {a[3]}))")
+SavedExtra = Callable[[FlopInput], int]
 
 
-def _concat(a, attrs, mod):
-    return f"torch.cat([{', '.join(a)}], dim=-1)"
+@dataclass(frozen=True)
+class Prim:
+    """The backend-neutral facts about one primitive."""
+
+    name: str
+    flops: FlopRule | None = None  # None: not declared; the cost model counts it as 0
+    # the node calls a weight-carrying leaf of the same op (node.ref names it)
+    weights: bool = False
+    # its value depends only on inputs, attributes and weights (CSE may merge two
+    # applications); a callable decides from the leaf it calls (None if it calls none)
+    pure: bool | Callable[[Any], bool] = False
+    effects: bool = False  # kept by dce for what it does besides its value (a cache write)
+    elementwise: bool = False  # one output element from the same element of each input
+    row_local: bool = False  # one output row from the same row of its input (norms)
+    # its output at a position reads other positions (or their cache)
+    mixes_positions: bool = False
+    # acts alike on each head of a [B, heads, T, dh] value: widening the head count
+    # widens its types (the widen rewrite)
+    per_head: bool = False
+    owns_slot: bool = False  # keeps keys and values in a KV-cache slot of its own
+    attention: bool = False  # (q, k, v) -> per-head output; saves a log-sum-exp per head
+    # its output is a fresh activation as large as its inputs: a backend releases dead
+    # values before it, as a hand-written forward would have dropped them
+    allocates: bool = False
+    # what the backward pass keeps: positions of inputs, "out" for its own output, "*"
+    # for every input; None: not declared (the activation model assumes its output)
+    saved: tuple | None = None
+    saved_extra: SavedExtra | None = None  # elements per token kept besides those
+    # why a node with these attrs cannot be decoded incrementally with a KV cache, and
+    # what to do instead (None: it can); a cache gives a position only what it keeps of
+    # earlier positions: their keys and values
+    no_decode: Callable[[dict], tuple[str, str] | None] | None = None
+    # a composite prim runs a whole sub-computation (routing, stream mixing, a scan);
+    # archc/passes/decompose.py rewrites it into simpler prims for a backend without it
+    composite: bool = False
+
+    def is_pure(self, leaf: Any = None) -> bool:
+        return self.pure(leaf) if callable(self.pure) else self.pure
 
 
-def _split(a, attrs, mod):
-    return f"{a[0]}.split({list(attrs['sizes'])}, dim=-1)"
+def _noiseless(leaf: Any) -> bool:
+    """A width router without routing noise is deterministic given its weights."""
+    return leaf is not None and not dict(leaf.args).get("noise")
 
 
-def _init_state(a, attrs, mod):
-    if attrs["mode"] == "zeros":
-        return f"torch.zeros_like({a[0]})"
-    return (f"rt.state_noise({a[0]}, std={attrs['std']!r}, scale={attrs['scale']!r}, "
-            "seed=seed, start=rt.cache_start(cache), training=self.training)")
+def _heads(f: FlopInput) -> int:
+    return f.ins[0].shape[1]
 
+
+def _inputs(f: FlopInput) -> int:
+    return per_token(f.ins[0])
+
+
+def _rank(f: FlopInput) -> int:
+    return dict(f.module.args).get("rank", 0) if f.module is not None else 0
+
+
+def _elementwise(name: str, flops: int, saved: tuple = (0,), **traits) -> Prim:
+    return Prim(name, per_element(flops), pure=True, elementwise=True, saved=saved, **traits)
+
+
+def _leaf(name: str, flops: FlopRule, **traits) -> Prim:
+    """A prim that calls its weight leaf."""
+    return Prim(name, flops, weights=True, **traits)
+
+
+NOTHING = ()  # saves nothing: sums, constant scales, biases, views, fresh states
+OWN = ("out",)
+QKV_OUT = (0, 1, 2, "out")
 
 PRIMS: dict[str, Prim] = {p.name: p for p in [
     # modules that hold weights: the graph calls them
-    Prim("embed", _call, calls_module=True, flops=no_flops),
-    Prim("linear", _call, calls_module=True, flops=_linear_flops),
-    Prim("lora", _call, calls_module=True, flops=_lora_flops),
-    Prim("rmsnorm", _call, calls_module=True, flops=per_element(4)),
-    Prim("layernorm", _call, calls_module=True, flops=per_element(5)),
-    Prim("layerscale", _call, elementwise=True, calls_module=True,
-         flops=per_element(1)),
-    Prim("scalar", _call, elementwise=True, calls_module=True, flops=per_element(1)),
-    Prim("bias", _call, elementwise=True, calls_module=True, flops=per_element(1)),
-    Prim("tied_linear", lambda a, attrs, mod: f"F.linear({a[0]}, {mod}.weight)",
-         flops=_linear_flops),
+    _leaf("embed", no_flops, pure=True, saved=NOTHING),
+    _leaf("linear", _linear_flops, pure=True, saved=(0,)),
+    _leaf("lora", _lora_flops, pure=True, saved=(0,), saved_extra=_rank),
+    _leaf("rmsnorm", per_element(4), pure=True, row_local=True, per_head=True, saved=(0,),
+          saved_extra=lambda f: 1),
+    _leaf("layernorm", per_element(5), pure=True, row_local=True, saved=(0,),
+          saved_extra=lambda f: 2),
+    _elementwise("layerscale", 1, weights=True),
+    _elementwise("scalar", 1, weights=True),
+    _elementwise("bias", 1, saved=NOTHING, weights=True, per_head=True),
+    Prim("tied_linear", _linear_flops, pure=True, saved=(0,)),  # reads the embedding's
+    _leaf("batchnorm", per_element(4)),  # running statistics
+    _leaf("repbn", per_element(5)),
+    _leaf("sigma_linear", _linear_flops),  # power iteration state
+    _leaf("ds_linear", _ds_flops),
+    _leaf("dwconv", _dwconv_flops, mixes_positions=True,
+          no_decode=_state_not_cached("the window of earlier positions of a causal conv")),
+    _leaf("partition_norm", per_element(4), pure=True, row_local=True),
+    _leaf("rotate", per_element(3), pure=True, row_local=True),
     # attention pieces
-    Prim("heads", lambda a, attrs, mod: f"rt.split_heads({a[0]}, {attrs['n']})",
-         flops=no_flops),
-    Prim("merge_heads", lambda a, attrs, mod: f"rt.merge_heads({a[0]})", flops=no_flops),
-    Prim("rope", lambda a, attrs, mod: f"rt.apply_rope({a[0]}, {attrs['table']})",
-         flops=per_element(3)),
-    Prim("sdpa", _sdpa, flops=_sdpa_flops, no_decode=_reads_later_positions(False)),
-    Prim("attend", _attend, flops=_sdpa_flops, no_decode=_reads_later_positions(True)),
-    Prim("kv_cache", lambda a, attrs, mod: f"rt.kv_cache(cache, {attrs['slot']}, {a[0]}, {a[1]})",
-         flops=no_flops),
-    Prim("select_kv", _select_kv, flops=no_flops),
-    Prim("depth_mix", _depth_mix, flops=_depth_mix_flops),
-    Prim("gate_heads", lambda a, attrs, mod: f"rt.gate_heads({a[0]})", flops=no_flops),
-    Prim("head_loop", _head_loop, calls_module=True, flops=_head_loop_flops),
-    Prim("moe", _call, calls_module=True, flops=_moe_flops),
-    Prim("drop_path", lambda a, attrs, mod: f"rt.drop_path({a[0]}, {attrs['p']!r}, "
-         "self.training)", elementwise=True, flops=per_element(1)),
-    Prim("width_route", _call, calls_module=True, flops=_route_flops),
-    Prim("group_fuse", _call, calls_module=True, flops=_fuse_flops),
-    Prim("batchnorm", _call, calls_module=True, flops=per_element(4)),
-    Prim("repbn", _call, calls_module=True, flops=per_element(5)),
-    Prim("sigma_linear", _call, calls_module=True, flops=_linear_flops),
-    Prim("ds_linear", _call, calls_module=True, flops=_ds_flops),
-    Prim("dwconv", _call, calls_module=True, flops=_dwconv_flops,
-         no_decode=_state_not_cached("the window of earlier positions of a causal conv")),
-    Prim("linear_attend", lambda a, attrs, mod: f"rt.linear_attend({a[0]}, {a[1]}, {a[2]})",
-         flops=_linear_attend_flops,
+    Prim("heads", no_flops, pure=True, per_head=True, saved=NOTHING),
+    Prim("merge_heads", no_flops, pure=True, saved=NOTHING),
+    Prim("rope", per_element(3), pure=True, row_local=True, per_head=True,
+         mixes_positions=True, saved=(0,), saved_extra=_inputs),
+    Prim("attend", _sdpa_flops, pure=True, per_head=True, mixes_positions=True,
+         attention=True, allocates=True, saved=QKV_OUT, saved_extra=_heads,
+         no_decode=_reads_later_positions(True)),
+    # an attention whose keys and values come from its block's own output at earlier
+    # positions: the block runs as a scan over positions (archc/analysis/scan.py)
+    Prim("scan_attend", _scan_attend_flops, per_head=True, mixes_positions=True,
+         attention=True, allocates=True, owns_slot=True, saved=QKV_OUT, saved_extra=_heads,
+         composite=True),
+    Prim("kv_cache", no_flops, effects=True, per_head=True, mixes_positions=True,
+         owns_slot=True, saved=NOTHING),
+    Prim("select_kv", no_flops, per_head=True, mixes_positions=True, saved=NOTHING),
+    Prim("depth_mix", _depth_mix_flops, pure=True, mixes_positions=True, saved=("*", "out")),
+    Prim("gate_heads", no_flops, pure=True, saved=NOTHING),
+    Prim("softmax_scaled", per_element(5), pure=True, row_local=True, saved=OWN),
+    Prim("linear_attend", _linear_attend_flops, mixes_positions=True,
          no_decode=_state_not_cached("linear attention's running sum over earlier positions")),
-    Prim("topk", lambda a, attrs, mod: f"rt.topk_keep({a[0]}, {attrs['k']})",
-         flops=per_element(2)),
-    Prim("partition_norm", _call, calls_module=True, flops=per_element(4)),
-    Prim("rotate", _call, calls_module=True, flops=per_element(3)),
-    Prim("horn", lambda a, attrs, mod: f"rt.horn({a[0]}, {attrs['dc']}, rt.cache_start(cache))",
-         flops=no_flops),
-    Prim("hyper", _call, calls_module=True, flops=_hyper_flops),
-    Prim("hyper_write", lambda a, attrs, mod: f"rt.hyper_write({a[0]}, {a[1]}, {a[2]}, "
-         f"{attrs['n']})", flops=_hyper_write_flops),
-    Prim("expand_streams", lambda a, attrs, mod: f"rt.expand_streams({a[0]}, {attrs['n']})",
-         flops=no_flops),
-    Prim("merge_streams", lambda a, attrs, mod: f"rt.merge_streams({a[0]}, {attrs['n']})",
-         flops=per_element(1)),
-    Prim("delta", _call, calls_module=True, flops=_delta_flops),
-    Prim("leaky_relu", lambda a, attrs, mod: f"F.leaky_relu({a[0]}, {attrs['slope']!r})",
-         elementwise=True, flops=per_element(1)),
-    Prim("softmax_scaled", lambda a, attrs, mod: f"rt.softmax_scaled({a[0]})",
-         flops=per_element(5)),
+    _leaf("head_loop", _head_loop_flops, mixes_positions=True, owns_slot=True, composite=True),
+    # routing
+    _leaf("moe", _moe_flops, composite=True),
+    _leaf("width_route", _route_flops, pure=_noiseless, composite=True),
+    _leaf("group_fuse", _fuse_flops, pure=True, composite=True),
+    Prim("drop_path", per_element(1), elementwise=True),  # random in training
+    Prim("topk", per_element(2), pure=True),
+    # residual streams
+    Prim("horn", no_flops, pure=True),
+    _leaf("hyper", _hyper_flops, pure=True, saved=(0, "out"), saved_extra=_inputs,
+          composite=True),
+    Prim("hyper_write", _hyper_write_flops, pure=True, saved=("*",), composite=True),
+    Prim("expand_streams", no_flops, pure=True, saved=NOTHING),
+    Prim("merge_streams", per_element(1), pure=True, saved=NOTHING),
+    _leaf("delta", _delta_flops, pure=True, saved=("*", "out"), composite=True),
     # elementwise
-    Prim("add", _binary("+"), elementwise=True, flops=per_element(1)),
-    Prim("sub", _binary("-"), elementwise=True, flops=per_element(1)),
-    Prim("mul", _binary("*"), elementwise=True, flops=per_element(1)),
-    Prim("neg", lambda a, attrs, mod: f"-{a[0]}", elementwise=True, flops=per_element(1)),
-    Prim("scale", _scale, elementwise=True, flops=per_element(1)),
-    Prim("silu", _fn("F.silu"), elementwise=True, flops=per_element(4)),
-    Prim("gelu", _fn("F.gelu"), elementwise=True, flops=per_element(8)),
-    Prim("relu", _fn("F.relu"), elementwise=True, flops=per_element(1)),
-    Prim("sigmoid", _fn("torch.sigmoid"), elementwise=True, flops=per_element(4)),
-    Prim("tanh", _fn("torch.tanh"), elementwise=True, flops=per_element(6)),
-    Prim("lerp", lambda a, attrs, mod: f"torch.lerp({a[0]}, {a[1]}, {a[2]})", elementwise=True,
-         flops=per_element(3)),
+    _elementwise("add", 1, saved=NOTHING),
+    _elementwise("sub", 1, saved=NOTHING),
+    _elementwise("mul", 1, saved=(0, 1)),
+    _elementwise("neg", 1, saved=NOTHING),
+    _elementwise("scale", 1, saved=NOTHING),
+    _elementwise("leaky_relu", 1),
+    _elementwise("silu", 4),
+    _elementwise("gelu", 8),
+    _elementwise("relu", 1, saved=OWN),
+    _elementwise("sigmoid", 4, saved=OWN),
+    _elementwise("tanh", 6, saved=OWN),
+    _elementwise("lerp", 3, saved=(0, 1, 2)),
     # layout
-    Prim("concat", _concat, flops=no_flops),
-    Prim("split", _split, flops=no_flops),
-    Prim("init_state", _init_state, flops=no_flops),
+    Prim("concat", no_flops, pure=True, saved=NOTHING),
+    Prim("split", no_flops, pure=True, saved=NOTHING),
+    Prim("init_state", no_flops, saved=NOTHING),  # noise in training
 ]}

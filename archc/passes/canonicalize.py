@@ -31,18 +31,9 @@ from typing import Any, Callable
 
 from .. import scalar
 from ..ir import BlockDef, Graph, Leaf, Node, Program, class_order, resolve, walk, with_attrs
+from ..ops.prims import PRIMS
 from . import register
 
-# Ops whose value depends only on their inputs, attributes and weights: safe to merge.
-# Anything not listed (random, stateful, cache-writing, or unknown to this pass) is not.
-PURE = frozenset({
-    "embed", "linear", "lora", "tied_linear", "rmsnorm", "layernorm", "layerscale",
-    "scalar", "bias", "heads", "merge_heads", "rope", "sdpa", "attend", "depth_mix",
-    "gate_heads", "topk", "partition_norm", "rotate", "horn", "hyper", "hyper_write",
-    "expand_streams", "merge_streams", "delta", "group_fuse", "width_route", "leaky_relu",
-    "softmax_scaled", "add", "sub", "mul", "neg", "scale", "silu", "gelu", "relu",
-    "sigmoid", "tanh", "lerp", "concat", "split",
-})
 _COMMUTATIVE = frozenset({"add", "mul"})
 _TREE_KINDS = frozenset({"num", "bin", "cmp", "neg", "call"})
 
@@ -52,12 +43,13 @@ def _pure_node(node: Node, block: BlockDef, program: Program, pure_classes: set[
         return node.attr("cls") in pure_classes
     if node.op == "loop":
         return True  # deterministic given its body; the body's nodes are checked on their own
-    if node.op == "attend" and node.attr("past") == "output":
-        return False  # fills its own cache slot
-    if node.op == "width_route":
+    prim = PRIMS.get(node.op)
+    if prim is None:
+        return False  # unknown to this pass: not safe to merge
+    if callable(prim.pure):
         leaf = resolve(block, node.ref, program.classes) if node.ref is not None else None
-        return isinstance(leaf, Leaf) and not dict(leaf.args).get("noise")
-    return node.op in PURE
+        return prim.is_pure(leaf if isinstance(leaf, Leaf) else None)
+    return prim.pure
 
 
 def pure_classes(program: Program) -> set[str]:

@@ -9,6 +9,7 @@ weights, and (since no kv_cache node survives for them) their cache slots disapp
 from __future__ import annotations
 
 from ..ir import BlockDef, Graph, Group, Module, Node, Program, Stack, class_order
+from ..ops.prims import PRIMS
 from . import register
 
 
@@ -30,9 +31,6 @@ def _resolve_choices(graph: Graph, alias: dict[str, str]) -> Graph:
     return out
 
 
-_EFFECTS = {"kv_cache"}  # ops kept for what they do besides their values
-
-
 def _sweep(graph: Graph) -> tuple[Graph, bool]:
     """Drop nodes none of whose outputs are used; loop bodies are swept on their own."""
     used = set(graph.outputs)
@@ -40,7 +38,7 @@ def _sweep(graph: Graph) -> tuple[Graph, bool]:
     changed = False
     for node in reversed(graph.nodes):
         live = any(o in used for o in node.outs) or node.op == "loop"
-        if node.op in _EFFECTS and any(o in used for o in node.outs):
+        if node.op in PRIMS and PRIMS[node.op].effects and any(o in used for o in node.outs):
             live = True
         if not live:
             changed = True

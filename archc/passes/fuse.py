@@ -28,15 +28,11 @@ from ..ir import Graph, Node, Program, with_attrs
 from ..ops.prims import PRIMS
 from . import register
 
-ROW_OPS = frozenset({"rmsnorm", "layernorm", "partition_norm", "softmax_scaled", "rope",
-                     "rotate"})
-
-
 def fusible(node: Node) -> bool:
     if node.body is not None or len(node.outs) != 1:
         return False
     prim = PRIMS.get(node.op)
-    return node.op in ROW_OPS or (prim is not None and prim.elementwise)
+    return prim is not None and (prim.row_local or prim.elementwise)
 
 
 def _chains(graph: Graph) -> list[list[Node]]:

@@ -21,11 +21,11 @@ from . import register
 Slot = tuple[int, tuple[tuple[str, int], ...]]  # offset, ((loop var, stride), ...)
 
 
-def _owns_slot(node: Node) -> bool:
+def owns_slot(node: Node) -> bool:
     """kv_cache nodes, attentions that fill their own cache from their block's output, and
-    head loops (their heads' keys on the loop's input)."""
-    return node.op in ("kv_cache", "head_loop") or \
-        (node.op == "attend" and node.attr("past") == "output")
+    head loops (their heads' keys on the loop's input): `Prim.owns_slot`."""
+    prim = PRIMS.get(node.op)
+    return prim is not None and prim.owns_slot
 
 
 def slot_layout(node: Node) -> tuple[int, int]:
@@ -39,7 +39,7 @@ def slot_layout(node: Node) -> tuple[int, int]:
 def _count(graph: Graph, counts: dict[str, int]) -> int:
     n = 0
     for node in graph.nodes:
-        if _owns_slot(node):
+        if owns_slot(node):
             n += 1
         elif node.op == "call":
             n += counts[node.attr("cls")]
@@ -52,7 +52,7 @@ def _number(graph: Graph, counts: dict[str, int], offset: int,
             strides: tuple[tuple[str, int], ...]) -> tuple[Graph, int]:
     out = Graph(graph.inputs)
     for node in graph.nodes:
-        if _owns_slot(node):
+        if owns_slot(node):
             node = with_attrs(node, slot=(offset, strides))
             offset += 1
         elif node.op == "call" and counts[node.attr("cls")]:
@@ -74,7 +74,7 @@ def _number(graph: Graph, counts: dict[str, int], offset: int,
 def _layout(graph: Graph, program: Program) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for node in graph.nodes:
-        if _owns_slot(node):
+        if owns_slot(node):
             out.append(slot_layout(node))
         elif node.op == "call":
             callee = program.classes[node.attr("cls")]

@@ -464,7 +464,7 @@ def _attention(c: _Class, value: str) -> _Attention | None:
     if merge is None or merge.op != "merge_heads" or not _single_use(c, merge):
         return None
     attend = c.producer(merge.inputs[0])
-    if attend is None or attend.op != "attend" or attend.attr("past") or attend.attr("alibi") \
+    if attend is None or attend.op != "attend" or attend.attr("alibi") \
             or not _single_use(c, attend):
         return None
     roles = {"o": o, "merge": merge, "attend": attend}

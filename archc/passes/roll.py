@@ -374,7 +374,7 @@ def _contained_count(nodes: list[Node], i: int, length: int, count: int, w: _Wir
 
 
 def _scans(block: BlockDef) -> bool:
-    return any(n.op == "attend" and n.attr("past") == "output" for n in block.graph.nodes)
+    return any(n.op == "scan_attend" for n in block.graph.nodes)
 
 
 @register("roll", "consecutive identical applications of shared weights -> one loop region")

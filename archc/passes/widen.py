@@ -12,9 +12,9 @@ from __future__ import annotations
 from ..errors import ArchcError
 from ..ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program, Ref, Stack,
                   TensorType)
+from ..ops.prims import PRIMS
 from . import register
 
-_HEAD_OPS = {"heads", "rope", "bias", "rmsnorm", "kv_cache", "attend", "select_kv"}
 
 
 def _find_stack(program: Program) -> tuple[Node, BlockDef]:
@@ -75,7 +75,7 @@ def _widen_block(layer: BlockDef, n: int, name: str) -> BlockDef:
         types = node.types
         if node.op == "linear" and role in ("q", "k", "v"):
             types = tuple(TensorType(shape=t.shape[:-1] + (t.shape[-1] * n,)) for t in types)
-        elif node.op in _HEAD_OPS:
+        elif node.op in PRIMS and PRIMS[node.op].per_head:
             types = tuple(TensorType(shape=(t.shape[0], t.shape[1] * n) + t.shape[2:])
                           if len(t.shape) == 4 else t for t in types)
             if node.op == "heads":

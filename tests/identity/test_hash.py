@@ -31,7 +31,7 @@ FIXTURES = {
     ("hyper", ()): "2b1047f8a43ea1d908ccd158209e224d7ef8034c9aafd49c3d5fe270c3baa4a4",
     ("raptor", ()): "dd5e98e6fce40e4058bbfa0ff3115e0bc61ddf4907a1c8c37312cec79752cf60",
     ("recurrent_transformer", ()):
-        "3ae11cd5621a24dfef5615f57f952eece21a6644df3335c1f5c56651ada2e04b",
+        "9472eb6f9ea6ad5171bb75372a6170b8964e7dd266eadec7c79218d72bf1a650",
     ("relaxed_recursive", ()): "553dc73db1dae0b2908ce97c20621ebfd4f73635c304c68ac147c12b877c0343",
     ("satformer", ()): "a3185942d2b0289c0fdc64a47ca7828e3e068be7e126c01a296e261a61b3b068",
     ("sgt", ()): "f8ba210cf4c5010d8925aa0c04fd5713a929bb9eb129f44ae559ca94a421dda3",

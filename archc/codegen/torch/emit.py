@@ -19,6 +19,7 @@ from ...init import runtime_inits
 from ..namespace import PYTHON_RESERVED, Namespace
 from ... import scalar
 from ...ops import PRIMS
+from .lower import LOWERINGS, leaf_expr
 from ...analysis.scan import plan_scan
 from ...passes.kvplan import decode_blockers, slot_count
 
@@ -29,9 +30,6 @@ GENERATED_GLOBALS = ("torch", "F", "nn", "rt", "math", "self", "super", "_")
 # Keys of the context arguments a forward takes besides rotary tables (keyed by table)
 # and run-time params (keyed by name); not identifiers, so no spec name equals them.
 _CACHE, _SLOT, _SEED = ":cache", ":slot", ":seed"
-# weightless ops whose output is a fresh activation as large as their inputs: dead locals
-# are released before them too, as a hand-written forward would have dropped them
-_ALLOCATES = frozenset({"attend", "lm_head"})
 
 
 def generate(program: Program, check_shapes: bool = False) -> str:
@@ -156,7 +154,7 @@ def _module_expr(m: Module, indent: str, ctx: _Context) -> str:
         args = ", ".join(f"{names[k]}={literal(v)}" for k, v in m.args)
         return f"{ctx.class_names[m.cls]}({args})"
     if isinstance(m, Leaf):
-        return _initialised(m, _leaf_expr(m))
+        return _initialised(m, leaf_expr(m.op, dict(m.args)))
     if isinstance(m, Group):
         if not m.children:
             return "nn.ModuleDict()"
@@ -184,56 +182,6 @@ def _same(a: Module, b: Module) -> bool:
     return a is b or a.model_dump() == b.model_dump()
 
 
-# Runtime modules built from a leaf's args: class, positional args, keyword args.
-_MODULES = {
-    "lora": ("rt.LoRA", ("in", "out"), ("rank", "scale")),
-    "layerscale": ("rt.LayerScale", ("dim",), ("init",)),
-    "scalar": ("rt.Scalar", (), ("init",)),
-    "hyper": ("rt.HyperConnection", ("n", "dim"), ("alpha", "iters")),
-    "batchnorm": ("rt.TokenBatchNorm", ("dim",), ("eps", "momentum")),
-    "repbn": ("rt.RepBN", ("dim",), ("eps", "momentum")),
-    "sigma_linear": ("rt.SigmaLinear", ("in", "out"), ("bias",)),
-    "ds_linear": ("rt.DSLinear", ("in", "out"), ("rank", "nnz", "bias")),
-    "dwconv": ("rt.CausalDepthwiseConv", ("channels",), ("kernel",)),
-    "moe": ("rt.MoE", ("dim",), ("experts", "hidden", "k", "capacity", "act", "noise")),
-    "width_route": ("rt.WidthRouter", ("dim",), ("groups", "shared", "k", "weighted",
-                                                 "scaling")),
-    "group_fuse": ("rt.GroupFusion", ("groups",), ()),
-    "partition_norm": ("rt.PartitionNorm", ("dim",), ("parts", "dc", "eps")),
-    "rotate": ("rt.PhaseRotation", ("dim",), ("parts", "dc")),
-    "head_loop": ("rt.HeadLoop", ("count",), ("heads", "kv_heads", "head_dim")),
-    "delta": ("rt.DeltaResidual", ("dim",), ("beta_init",)),
-}
-
-
-def _arg(value) -> str:
-    return literal(value)
-
-
-def _leaf_expr(leaf: Leaf) -> str:
-    a = dict(leaf.args)
-    op = leaf.op
-    if op == "linear":
-        if a.get("bias_init") is not None:
-            return f"rt.linear({a['in']}, {a['out']}, bias_init={a['bias_init']!r})"
-        return f"nn.Linear({a['in']}, {a['out']}, bias={a['bias']})"
-    if op == "embed":
-        return f"nn.Embedding({a['vocab']}, {a['dim']})"
-    affine = "" if a.get("affine", True) else ", elementwise_affine=False"
-    if op == "rmsnorm":
-        return f"nn.RMSNorm({a['dim']}, eps={a['eps']!r}{affine})"
-    if op == "layernorm":
-        bias = f", bias={a['bias']}" if a.get("affine", True) else ""
-        return f"nn.LayerNorm({a['dim']}, eps={a['eps']!r}{bias}{affine})"
-    if op == "bias":
-        return f"rt.Bias({', '.join(str(s) for s in a['shape'])})"
-    if op in _MODULES:
-        cls, positional, keywords = _MODULES[op]
-        args = [_arg(a[k]) for k in positional] + [f"{k}={_arg(a[k])}" for k in keywords]
-        return f"{cls}({', '.join(args)})"
-    raise AssertionError(f"no module for leaf op {op}")
-
-
 def _initialised(leaf: Leaf, expr: str) -> str:
     """The leaf's module, passed through rt.init_ where the IR draws its weights."""
     inits = runtime_inits(leaf)
@@ -245,6 +193,31 @@ def _initialised(leaf: Leaf, expr: str) -> str:
 def _span_comment(m: Module) -> str:
     span = getattr(m, "span", None)
     return f"  # {file_name(span.file)}:{span.line}" if span else ""
+
+
+class _NodeContext:
+    """What a lowering (archc/codegen/torch/lower.py) may ask about the node it lowers:
+    the emitter's answers, so lowerings never read its locals."""
+
+    cache, seed, training = "cache", "seed", "self.training"
+
+    def __init__(self, emitter: "_Forward", node: Node):
+        self.emitter, self.node = emitter, node
+        self.module = emitter._ref(node.ref) if node.ref is not None else ""
+
+    def ref(self, ref: Ref) -> str:
+        return self.emitter._ref(ref)
+
+    def slot(self) -> str:
+        return self.emitter._slot(self.node)
+
+    def rope(self, table: str) -> str:
+        return self.emitter.local[table]
+
+    def scalar(self, value) -> str:
+        if isinstance(value, tuple):
+            return scalar.code(value, self.emitter._scalar_names())
+        return repr(value)
 
 
 # ----------------------------------------------------------------------------- classes
@@ -631,7 +604,7 @@ class _Forward:
             if node.op == "loop":
                 self._loop(node, ind, start, end)
                 continue
-            if node.ref is not None or node.op in _ALLOCATES:
+            if node.ref is not None or PRIMS[node.op].allocates:
                 self._release(start, ind)  # before the next large output is allocated
             args = [self.namer.name[v] for v in node.inputs]
             expr = self._expr(node, args)
@@ -674,22 +647,7 @@ class _Forward:
             if node.attr("iteration"):
                 extra.append(self.vars.get(node.attr("iteration"), node.attr("iteration")))
             return f"{self._ref(node.ref)}({', '.join(args + extra)})"
-        prim = PRIMS[node.op]
-        attrs = dict(node.attrs)
-        if node.op == "rope":
-            attrs["table"] = self.local[attrs["table"]]
-        if node.op in ("kv_cache", "head_loop"):
-            attrs["slot"] = self._slot(node)
-        if node.op == "head_loop":
-            attrs["attn"] = self._ref(attrs["attn"])
-            if attrs.get("table"):
-                attrs["table"] = self.local[attrs["table"]]
-        if node.op == "scale":
-            by = attrs["by"]
-            attrs["by"] = scalar.code(by, self._scalar_names()) if isinstance(by, tuple) \
-                else repr(by)
-        mod = self._ref(node.ref) if node.ref is not None else None
-        return prim.lower(args, attrs, mod)
+        return LOWERINGS[node.op](args, dict(node.attrs), _NodeContext(self, node))
 
     def _loop(self, node: Node, ind: str, start: int, end: int) -> None:
         body = node.body
