@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from .. import scalar
 from ..ir import BlockDef, Graph, Leaf, Node, Program, class_order, resolve, walk, with_attrs
-from . import register
+from .pipeline import DEFAULTS, Pass, PassOptions
 
 # Ops whose value depends only on their inputs, attributes and weights: safe to merge.
 # Anything not listed (random, stateful, cache-writing, or unknown to this pass) is not.
@@ -264,9 +264,7 @@ def _sweep(nodes: list[Node], outputs: list[str], was_used: set[str],
     return keep[::-1]
 
 
-@register("canonicalize", "fold constants and identities (scale by 1, a + -b, ...), merge "
-          "common subexpressions")
-def canonicalize(program: Program) -> Program:
+def canonicalize(program: Program, options: PassOptions = DEFAULTS) -> Program:
     pure = pure_classes(program)
     classes = dict(program.classes)
     for cls, block in program.classes.items():
@@ -274,3 +272,8 @@ def canonicalize(program: Program) -> Program:
             return _pure_node(node, block, program, pure)
         classes[cls] = block.model_copy(update={"graph": _canonical(block.graph, is_pure)})
     return program.model_copy(update={"classes": classes})
+
+
+PASS = Pass("canonicalize", fn=canonicalize,
+            doc="fold constants and identities (scale by 1, a + -b, ...), merge"
+                " common subexpressions")
