@@ -298,7 +298,7 @@ def _compile(args, parser) -> int:
         print(format_program(spec.program))
     timer = TimePasses()
     pipeline = default_pipeline(args.mode, args.rewrite, args.unroll)
-    program = pipeline.instrumented(PrintAfter(frozenset(args.print_after)), timer).run(
+    program = pipeline.instrumented(PrintAfter(args.print_after), timer).run(
         spec.program)
     if args.time_passes:
         print(timer.report())

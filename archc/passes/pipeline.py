@@ -105,6 +105,9 @@ class PrintAfter(Instrument):
     names: frozenset[str]
     out: Callable[[str], None] = print
 
+    def __post_init__(self) -> None:
+        self.names = frozenset(self.names)  # the CLI hands over its list of flags
+
     def before_pipeline(self, pipeline: Pipeline, program: Program) -> None:
         check_names(self.names, ("elaborate",) + pipeline.names)
         if "elaborate" in self.names:
@@ -121,7 +124,7 @@ class TimePasses(Instrument):
     timed, not the instruments around it (the verifier included)."""
 
     timings: list[tuple[str, float]] = field(default_factory=list)
-    _start: float = 0.0
+    _start: float = field(default=0.0, init=False, repr=False)
 
     def before_pass(self, step: Pass, program: Program) -> None:
         self._start = time.perf_counter()
