@@ -13,13 +13,16 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import syntax
 from .elaborate import Budget, elaborate
 from .errors import ArchcError, Source, Span, register_source
 from .ir import ParamInfo, Program
 from .sourcefile import read_spec
+
+if TYPE_CHECKING:
+    from .passes import PassOptions
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Spec:
     text: str
     program: Program
     overrides: dict[str, Any]
-    compiled: dict[tuple, Program] = field(default_factory=dict)
+    compiled: dict[PassOptions, Program] = field(default_factory=dict)
     budget: Budget | None = None
 
     @property
@@ -97,28 +100,17 @@ def load(spec: "str | Path | Spec", budget: Budget | None = None, **params: Any)
     return Spec(file, text, program, dict(params), budget=budget)
 
 
-REWRITES = ("widen",)
-
-
 def compile_program(spec: Spec, mode: str = "train", rewrites: tuple[str, ...] = (),
                     unroll: bool = False) -> Program:
     """The IR after the pass pipeline: what the backends read. mode "infer" resolves
     train-time choices to the spec's inference map and drops what that leaves dead;
-    `rewrites` turns on opt-in rewrite passes such as "widen"."""
-    from .passes import run_pipeline
+    `rewrites` turns on opt-in rewrite passes such as "widen". Cached per PassOptions."""
+    from .passes import default_pipeline
 
-    if mode not in ("train", "infer"):
-        raise ArchcError(f"mode must be \"train\" or \"infer\", got {mode!r}", None,
-                         "infer builds the deploy form", code="A002")
-    for r in rewrites:
-        if r not in REWRITES:
-            raise ArchcError(f"unknown rewrite {r!r}", None,
-                             f"rewrites: {', '.join(REWRITES)}", code="A002")
-    key = (mode, tuple(rewrites)) + (("unroll",) if unroll else ())
-    if key not in spec.compiled:
-        spec.compiled[key] = run_pipeline(spec.program.model_copy(
-            update={"mode": mode, "rewrites": tuple(rewrites), "unroll": unroll}))
-    return spec.compiled[key]
+    pipeline = default_pipeline(mode, rewrites, unroll)  # A002 for a bad mode or rewrite
+    if pipeline.options not in spec.compiled:
+        spec.compiled[pipeline.options] = pipeline.run(spec.program)
+    return spec.compiled[pipeline.options]
 
 
 def compile_source(spec: "str | Path | Spec", mode: str = "train", rewrites=(),

@@ -291,18 +291,17 @@ def _check(args, parser) -> int:
 def _compile(args, parser) -> int:
     from .codegen.torch import generate
     from .ir import format_program
-    from .passes import run_pipeline
+    from .passes import PrintAfter, TimePasses, default_pipeline
 
     spec = _load(args, parser)
     if args.print_ir:
         print(format_program(spec.program))
-    timings: list[tuple[str, float]] = []
-    program = run_pipeline(spec.program.model_copy(
-        update={"mode": args.mode, "rewrites": tuple(args.rewrite), "unroll": args.unroll}),
-        set(args.print_after), timings)
+    timer = TimePasses()
+    pipeline = default_pipeline(args.mode, args.rewrite, args.unroll)
+    program = pipeline.instrumented(PrintAfter(args.print_after), timer).run(
+        spec.program)
     if args.time_passes:
-        for name, seconds in timings:
-            print(f"pass {name:<14} {seconds * 1e3:8.3f} ms")
+        print(timer.report())
     source = generate(program)
     path = Path(args.output) / f"{program.name}.py"
     _write(path, source)

@@ -350,8 +350,6 @@ class Program(BaseModel):
     params: dict[str, ParamInfo]
     classes: dict[str, BlockDef]
     root: str
-    mode: Literal["train", "infer"] = "train"  # infer: resolve train-time choices, drop dead
-    rewrites: tuple[str, ...] = ()  # opt-in rewrite passes, e.g. ("widen",)
     # Set by the reparam pass: (class, target weight, recipe) for archc.reparam.
     folds: tuple[tuple[str, str, tuple], ...] = ()
     rope: tuple[tuple[int, float], ...] = ()
@@ -359,8 +357,6 @@ class Program(BaseModel):
     kv_layout: tuple[tuple[int, int], ...] = ()
     # Set by the share pass: every module applied more than once, and every tied weight.
     weight_groups: tuple[WeightGroup, ...] = ()
-    # The unroll pass splices static loops into straight-line code when this is set.
-    unroll: bool = False
 
     @property
     def model(self) -> BlockDef:

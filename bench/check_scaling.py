@@ -72,7 +72,7 @@ def stage_times(text: str, skip: set[str]) -> dict[str, float]:
     from archc.codegen.torch import generate
     from archc.elaborate import Budget, elaborate
     from archc.identity import program_hash
-    from archc.passes import PIPELINE
+    from archc.passes import default_pipeline
     from archc.verify import verify
 
     budget = Budget(max_nodes=10**8, max_source_bytes=10**9)
@@ -96,10 +96,11 @@ def stage_times(text: str, skip: set[str]) -> dict[str, float]:
     if "hash" not in skip:
         timed("hash", lambda: program_hash(program))
     compiled = program
-    for p in PIPELINE:
+    pipeline = default_pipeline()
+    for p in pipeline.passes:
         if p.name in skip:
             return out
-        compiled = timed(p.name, lambda: verify(p.run(compiled), p.name))
+        compiled = timed(p.name, lambda: verify(p.run(compiled, pipeline.options), p.name))
     if "codegen" not in skip:
         timed("codegen", lambda: generate(compiled))
     return out

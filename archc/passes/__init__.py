@@ -1,69 +1,52 @@
-"""The pass pipeline: small pure functions Program -> Program, run in one fixed order.
+"""The pass pipeline: small pure functions (Program, PassOptions) -> Program, in one order.
 
-Each pass lives in its own file and registers here; the verifier runs after each one.
-`archc compile --print-after=NAME` prints the IR after a pass and `--time-passes` times
-them. The order is the import order at the bottom of this file.
+Each pass lives in its own file and exports `PASS`, a named `Pass`; `default_pipeline`
+lists them in the order archc compiles with. The pass manager itself (options, pipelines,
+instruments for `--print-after`, `--time-passes` and verification) is
+archc/passes/pipeline.py.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from typing import Callable
+from typing import Iterable
 
-from ..ir import Program, format_program
-from ..verify import verify
+from .pipeline import (DEFAULTS, MODES, REWRITES, Instrument, Pass, PassOptions, Pipeline,
+                       PrintAfter, TimePasses, VerifyEach)
+from . import canonicalize, dce, fuse, kvplan, reparam, roll, share, unroll, widen
 
-
-@dataclass(frozen=True)
-class Pass:
-    name: str
-    run: Callable[[Program], Program]
-    doc: str
+PASSES: tuple[Pass, ...] = (widen.PASS, unroll.PASS, canonicalize.PASS, dce.PASS,
+                            reparam.PASS, roll.PASS, share.PASS, fuse.PASS, kvplan.PASS)
 
 
-PIPELINE: list[Pass] = []
+def default_pipeline(mode: str = "train", rewrites: Iterable[str] = (),
+                     unroll: bool = False, *, verify: bool = True) -> Pipeline:
+    """The pipeline archc compiles with, verifying after each pass unless `verify=False`.
+
+    Every pass is always in it; a pass that `options` do not ask for returns its input
+    (so `--print-after` and `--time-passes` name the same passes for every build). The
+    order, and why:
+
+    1. widen: opt-in rewrites see the graph as elaboration made it (widen matches the
+       stack of layers the spec wrote, before anything reshapes it);
+    2. unroll: before canonicalize, so constant folding and CSE see the literal loop
+       indices that unrolling exposes;
+    3. canonicalize: identities, constants, CSE, which leave values dead ...
+    4. dce: ... for dce to drop, with the ops and weights nothing reads (in infer mode it
+       first resolves train-time choices to the inference map);
+    5. reparam: infer mode folds train-time structure on the cleaned graph, sweeping
+       with dce's helpers what folding leaves dead;
+    6. roll: on the cleaned, folded graph, where repeated applications of one shared
+       instance look alike (under `unroll` it rolls nothing: that asked for straight
+       lines);
+    7. share: the table of shared and tied weights, once refs and weights are final;
+    8. fuse: marks fusion regions, after the last pass that rewrites ops;
+    9. kvplan: last, because it numbers the KV-cache slots in program order and any later
+       change to attention would leave the numbering wrong.
+    """
+    options = PassOptions(mode, tuple(rewrites), unroll)
+    instruments: tuple[Instrument, ...] = (VerifyEach(),) if verify else ()
+    return Pipeline(PASSES, options, instruments)
 
 
-def register(name: str, doc: str):
-    def wrap(fn):
-        PIPELINE.append(Pass(name, fn, doc))
-        return fn
-    return wrap
-
-
-def run_pipeline(program: Program, print_after: set[str] | None = None,
-                 timings: list[tuple[str, float]] | None = None,
-                 out: Callable[[str], None] = print) -> Program:
-    """Run every registered pass, verifying after each."""
-    names = {"elaborate"} | {p.name for p in PIPELINE}
-    for name in print_after or ():
-        if name not in names:
-            from ..errors import ArchcError
-            raise ArchcError(f"no pass named `{name}`", None,
-                             f"passes: {', '.join(sorted(names))}", code="A050")
-    verify(program, "elaboration")
-    if print_after and "elaborate" in print_after:
-        out(f"// IR after elaborate\n{format_program(program)}")
-    for p in PIPELINE:
-        start = time.perf_counter()
-        program = verify(p.run(program), p.name)
-        if timings is not None:
-            timings.append((p.name, time.perf_counter() - start))
-        if print_after and p.name in print_after:
-            out(f"// IR after {p.name}\n{format_program(program)}")
-    return program
-
-
-# Registration order is pipeline order: opt-in rewrites, then unroll (so canonicalize sees
-# the literal indices it exposes), cleanup, roll on the cleaned graph, the weight table
-# once refs and weights are final, fusion marks, and the kv plan last (it numbers slots).
-from . import widen  # noqa: E402,F401
-from . import unroll  # noqa: E402,F401
-from . import canonicalize  # noqa: E402,F401
-from . import dce  # noqa: E402,F401
-from . import reparam  # noqa: E402,F401
-from . import roll  # noqa: E402,F401
-from . import share  # noqa: E402,F401
-from . import fuse  # noqa: E402,F401
-from . import kvplan  # noqa: E402,F401
+__all__ = ["DEFAULTS", "MODES", "PASSES", "REWRITES", "Instrument", "Pass", "PassOptions",
+           "Pipeline", "PrintAfter", "TimePasses", "VerifyEach", "default_pipeline"]

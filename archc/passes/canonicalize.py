@@ -32,7 +32,7 @@ from typing import Any, Callable
 from .. import scalar
 from ..ir import BlockDef, Graph, Leaf, Node, Program, class_order, resolve, walk, with_attrs
 from ..ops.prims import PRIMS
-from . import register
+from .pipeline import DEFAULTS, Pass, PassOptions
 
 _COMMUTATIVE = frozenset({"add", "mul"})
 _TREE_KINDS = frozenset({"num", "bin", "cmp", "neg", "call"})
@@ -256,9 +256,7 @@ def _sweep(nodes: list[Node], outputs: list[str], was_used: set[str],
     return keep[::-1]
 
 
-@register("canonicalize", "fold constants and identities (scale by 1, a + -b, ...), merge "
-          "common subexpressions")
-def canonicalize(program: Program) -> Program:
+def canonicalize(program: Program, options: PassOptions = DEFAULTS) -> Program:
     pure = pure_classes(program)
     classes = dict(program.classes)
     for cls, block in program.classes.items():
@@ -266,3 +264,8 @@ def canonicalize(program: Program) -> Program:
             return _pure_node(node, block, program, pure)
         classes[cls] = block.model_copy(update={"graph": _canonical(block.graph, is_pure)})
     return program.model_copy(update={"classes": classes})
+
+
+PASS = Pass("canonicalize", fn=canonicalize,
+            doc="fold constants and identities (scale by 1, a + -b, ...), merge"
+                " common subexpressions")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..ir import BlockDef, Graph, Group, Module, Node, Program, Stack, class_order
 from ..ops.prims import PRIMS
-from . import register
+from .pipeline import DEFAULTS, Pass, PassOptions
 
 
 def _resolve_choices(graph: Graph, alias: dict[str, str]) -> Graph:
@@ -120,13 +120,12 @@ def _prune_block(block: BlockDef) -> BlockDef:
     return block.model_copy(update={"modules": tuple(modules)})
 
 
-@register("dce", "drop unused ops and weights (and resolve train-time choices in infer mode)")
-def dce(program: Program) -> Program:
+def dce(program: Program, options: PassOptions = DEFAULTS) -> Program:
     classes = dict(program.classes)
     for cls in class_order(program):
         block = classes[cls]
         graph = block.graph
-        if program.mode == "infer":
+        if options.mode == "infer":
             graph = _resolve_choices(graph, {})
         # One sweep is a fixpoint: nodes are in program order and it walks them last to
         # first, so each node is judged after every node that could read it.
@@ -134,3 +133,6 @@ def dce(program: Program) -> Program:
         classes[cls] = _prune_block(block.model_copy(update={"graph": graph}))
     return program.model_copy(update={"classes": classes})
 
+
+PASS = Pass("dce", fn=dce,
+            doc="drop unused ops and weights (and resolve train-time choices in infer mode)")

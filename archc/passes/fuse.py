@@ -26,7 +26,7 @@ from collections import Counter
 
 from ..ir import Graph, Node, Program, with_attrs
 from ..ops.prims import PRIMS
-from . import register
+from .pipeline import DEFAULTS, Pass, PassOptions
 
 def fusible(node: Node) -> bool:
     if node.body is not None or len(node.outs) != 1:
@@ -87,10 +87,13 @@ class _Marker:
         return out
 
 
-@register("fuse", "mark chains of elementwise ops and row reductions as fusion regions")
-def fuse(program: Program) -> Program:
+def fuse(program: Program, options: PassOptions = DEFAULTS) -> Program:
     marker = _Marker()
     classes = dict(program.classes)
     for cls, block in program.classes.items():
         classes[cls] = block.model_copy(update={"graph": marker.graph(block.graph)})
     return program.model_copy(update={"classes": classes})
+
+
+PASS = Pass("fuse", fn=fuse,
+            doc="mark chains of elementwise ops and row reductions as fusion regions")

@@ -16,7 +16,7 @@ from typing import NamedTuple
 from ..errors import Span
 from ..ir import Graph, Node, Program, class_order, with_attrs
 from ..ops.prims import PRIMS
-from . import register
+from .pipeline import DEFAULTS, Pass, PassOptions
 
 Slot = tuple[int, tuple[tuple[str, int], ...]]  # offset, ((loop var, stride), ...)
 
@@ -84,8 +84,7 @@ def _layout(graph: Graph, program: Program) -> list[tuple[int, int]]:
     return out
 
 
-@register("kvplan", "number the KV-cache slots and record the cache layout")
-def kvplan(program: Program) -> Program:
+def kvplan(program: Program, options: PassOptions = DEFAULTS) -> Program:
     counts: dict[str, int] = {}
     classes = dict(program.classes)
     for cls in class_order(program):
@@ -153,3 +152,7 @@ def decode_blockers(program: Program) -> list[DecodeBlocker]:
     for cls in class_order(program):
         walk(program.classes[cls].graph)
     return found
+
+
+PASS = Pass("kvplan", fn=kvplan,
+            doc="number the KV-cache slots and record the cache layout")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from .. import scalar
 from ..ir import (BlockDef, Graph, Group, Leaf, Module, Node, Program, Ref, Stack, TensorType,
                   Weight, class_order)
-from . import register
+from .pipeline import DEFAULTS, Pass, PassOptions
 from .dce import _prune_block, _sweep
 
 _NORMS = {"layernorm", "rmsnorm", "batchnorm", "repbn"}
@@ -602,9 +602,8 @@ def _rewrite(block: BlockDef) -> tuple[BlockDef, tuple]:
     return _prune_block(new), tuple(c.recipes.items())
 
 
-@register("reparam", "inference builds: fold train-time structure into its deploy form")
-def reparam(program: Program) -> Program:
-    if program.mode != "infer":
+def reparam(program: Program, options: PassOptions = DEFAULTS) -> Program:
+    if options.mode != "infer":
         return program
     classes = dict(program.classes)
     folds = []
@@ -613,3 +612,7 @@ def reparam(program: Program) -> Program:
         classes[cls] = block
         folds.extend((cls, target, recipe) for target, recipe in recorded)
     return program.model_copy(update={"classes": classes, "folds": tuple(folds)})
+
+
+PASS = Pass("reparam", fn=reparam,
+            doc="inference builds: fold train-time structure into its deploy form")

@@ -25,9 +25,9 @@ enough to beat the best run so far.
 Invariant: the loop computes the same values in the same order (the same ops, the same
 draws of randomness, the same KV-cache slots in the same order). Values bound inside the
 run must not be used elsewhere: only the last repetition's carried values leave it, as
-the loop's outputs, under the ids they had. Nothing is rolled when `Program.unroll` asks
-for straight-line code, nor in a block whose attention reads its own past output (that
-block runs as a scan that a loop would break).
+the loop's outputs, under the ids they had. Nothing is rolled when `PassOptions.unroll`
+asks for straight-line code, nor in a block whose attention reads its own past output
+(that block runs as a scan that a loop would break).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..ir import BlockDef, Count, Graph, Node, Program, next_value_id, walk
-from . import register
+from .pipeline import DEFAULTS, Pass, PassOptions
 
 
 def _shape(graph: Graph) -> Any:
@@ -377,9 +377,8 @@ def _scans(block: BlockDef) -> bool:
     return any(n.op == "scan_attend" for n in block.graph.nodes)
 
 
-@register("roll", "consecutive identical applications of shared weights -> one loop region")
-def roll(program: Program) -> Program:
-    if program.unroll:
+def roll(program: Program, options: PassOptions = DEFAULTS) -> Program:
+    if options.unroll:
         return program
     classes = dict(program.classes)
     for cls, block in program.classes.items():
@@ -388,3 +387,7 @@ def roll(program: Program) -> Program:
         graph = _Roller(block, program).graph(block.graph, ())
         classes[cls] = block.model_copy(update={"graph": graph})
     return program.model_copy(update={"classes": classes})
+
+
+PASS = Pass("roll", fn=roll,
+            doc="consecutive identical applications of shared weights -> one loop region")

@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import ArchcError
 from ..ir import (BlockDef, Count, Graph, Group, Leaf, Node, Program, Ref,
                   WeightGroup, format_module, resolve)
-from . import register
+from .pipeline import DEFAULTS, Pass, PassOptions
 
 
 @dataclass(frozen=True)
@@ -194,9 +194,12 @@ def _groups(program: Program, block: BlockDef) -> list[WeightGroup]:
     return out
 
 
-@register("share", "list shared and tied weights (Program.weight_groups) and check their shapes")
-def share(program: Program) -> Program:
+def share(program: Program, options: PassOptions = DEFAULTS) -> Program:
     groups: list[WeightGroup] = []
     for block in program.classes.values():
         groups += _groups(program, block)
     return program.model_copy(update={"weight_groups": tuple(groups)})
+
+
+PASS = Pass("share", fn=share,
+            doc="list shared and tied weights (Program.weight_groups) and check their shapes")

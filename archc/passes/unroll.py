@@ -3,8 +3,9 @@
 Loops stay rolled by default: a `for` over a stack reads best as a Python loop over its
 ModuleList, and `torch.compile` unrolls a static loop by itself, so unrolling buys eager
 PyTorch nothing. There is no automatic threshold either (even a 2-iteration loop reads
-better rolled); unrolling is a policy the caller sets with `Program.unroll` (for a backend
-that wants straight-line graphs, or to inspect one iteration's ops at their own depth).
+better rolled); unrolling is a policy the caller sets with `PassOptions.unroll` (for a
+backend that wants straight-line graphs, or to inspect one iteration's ops at their own
+depth).
 
 Which regions: every `for` region, and every `loop` region whose count is static and that
 has no halting rule (a run-time count or an early exit needs the loop at run time).
@@ -25,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..ir import Count, Graph, Node, Program, Ref, next_value_id
-from . import register
+from .pipeline import DEFAULTS, Pass, PassOptions
 
 
 def _unrollable(node: Node) -> bool:
@@ -154,12 +155,15 @@ class _Unroller:
         return current
 
 
-@register("unroll", "splice static loops into straight-line code (only with Program.unroll)")
-def unroll(program: Program) -> Program:
-    if not program.unroll:
+def unroll(program: Program, options: PassOptions = DEFAULTS) -> Program:
+    if not options.unroll:
         return program
     classes = dict(program.classes)
     for cls, block in program.classes.items():
         graph = _Unroller(next_value_id(block.graph)).graph(block.graph)
         classes[cls] = block.model_copy(update={"graph": graph})
     return program.model_copy(update={"classes": classes})
+
+
+PASS = Pass("unroll", fn=unroll,
+            doc="splice static loops into straight-line code (only with --unroll)")

@@ -13,7 +13,7 @@ from ..errors import ArchcError
 from ..ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program, Ref, Stack,
                   TensorType)
 from ..ops.prims import PRIMS
-from . import register
+from .pipeline import DEFAULTS, Pass, PassOptions
 
 
 
@@ -89,10 +89,8 @@ def _widen_block(layer: BlockDef, n: int, name: str) -> BlockDef:
     return layer.model_copy(update={"cls": name, "graph": graph, "modules": tuple(modules)})
 
 
-@register("widen", "Wide Attention rewrite: n layers x h heads -> 1 layer x n*h heads "
-          "(only with --rewrite widen)")
-def widen(program: Program) -> Program:
-    if "widen" not in program.rewrites:
+def widen(program: Program, options: PassOptions = DEFAULTS) -> Program:
+    if "widen" not in options.rewrites:
         return program
     loop, layer = _find_stack(program)
     n = loop.attr("count").value
@@ -122,3 +120,8 @@ def widen(program: Program) -> Program:
                for b in classes.values() for n in b.graph.nodes):
         del classes[layer.cls]
     return program.model_copy(update={"classes": classes})
+
+
+PASS = Pass("widen", fn=widen,
+            doc="Wide Attention rewrite: n layers x h heads -> 1 layer x n*h heads"
+                " (only with --rewrite widen)")

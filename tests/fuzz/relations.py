@@ -121,10 +121,11 @@ def built(case, mode: str = "train", double: bool = False):
 
 def rolled_unrolled(case) -> None:
     from archc.api import compile_program
+    from archc.passes import PassOptions
 
     rolled = built(case, double=True).eval()
     flat_spec = archc.load(case.text)
-    flat_spec.compiled[("train", ())] = compile_program(flat_spec, "train", (), unroll=True)
+    flat_spec.compiled[PassOptions()] = compile_program(flat_spec, "train", (), unroll=True)
     flat = archc.build(flat_spec).to(_torch().float64)
     names_a, names_b = list(rolled.state_dict()), list(flat.state_dict())
     if names_a != names_b:

@@ -16,16 +16,20 @@ from pathlib import Path
 
 import archc
 from archc.ir import Program, format_program
-from archc.passes import PIPELINE, run_pipeline
+from archc.passes import DEFAULTS, PASSES, PassOptions, default_pipeline
 from archc.verify import verify
 
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def run_pass(name: str, program: Program) -> Program:
-    """One registered pass on its own, followed by the verifier (as the pipeline does)."""
-    step = next(p for p in PIPELINE if p.name == name)
-    return verify(step.run(program), name)
+UNROLL = PassOptions(unroll=True)
+
+
+def run_pass(name: str, program: Program, options: PassOptions = DEFAULTS) -> Program:
+    """One pass of the default pipeline on its own, followed by the verifier (as the
+    pipeline does)."""
+    step = next(p for p in PASSES if p.name == name)
+    return verify(step.run(program, options), name)
 
 
 def check_golden(pass_name: str, case: str, program: Program) -> str:
@@ -41,18 +45,13 @@ def check_golden(pass_name: str, case: str, program: Program) -> str:
 
 
 def pipeline_without(program: Program, *skip: str) -> Program:
-    """The full pipeline with some passes left out."""
-    saved = list(PIPELINE)
-    PIPELINE[:] = [p for p in saved if p.name not in skip]
-    try:
-        return run_pipeline(program)
-    finally:
-        PIPELINE[:] = saved
+    """The default pipeline with some passes left out."""
+    return default_pipeline().without(*skip).run(program)
 
 
 def build_program(spec: "archc.api.Spec", program: Program, mode: str = "train"):
     """archc.build for a Program made here (e.g. a pipeline with a pass left out)."""
-    spec.compiled[(mode, ())] = program
+    spec.compiled[PassOptions(mode)] = program
     return archc.build(spec, mode=mode)
 
 

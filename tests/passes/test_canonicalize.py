@@ -8,7 +8,8 @@ import torch
 
 import archc
 from archc.ir import walk
-from passtest import build_program, check_golden, pipeline_without, run_both, run_pass
+from passtest import (UNROLL, build_program, check_golden, pipeline_without, run_both,
+                      run_pass)
 
 IDENTITIES = """model m(d: int = 8)
 let emb = embed(vocab=16, dim=d)
@@ -87,8 +88,8 @@ def test_randomness_and_state_are_never_merged():
 def test_constant_scale_expressions_become_numbers():
     text = ("model m()\nlet emb = embed(vocab=8, dim=8)\nx = emb(tokens)\n"
             "for i in 0..2 {\n  x = scale(x, 1 / (i + 1))\n}\nreturn lm_head(x, tied=emb)\n")
-    program = archc.load(text).program.model_copy(update={"unroll": True})
-    p = run_pass("canonicalize", run_pass("unroll", program))
+    program = archc.load(text).program
+    p = run_pass("canonicalize", run_pass("unroll", program, UNROLL))
     # i = 0 gives by=1 (gone); i = 1 gives by=0.5, a number in the generated code
     assert [n.attr("by") for n in p.model.graph.nodes if n.op == "scale"] == [0.5]
 

@@ -9,7 +9,7 @@ import torch
 import archc
 from archc.identity import program_hash
 from archc.ir import walk
-from passtest import build_program, check_golden, pipeline_without, run_pass, source
+from passtest import UNROLL, build_program, check_golden, pipeline_without, run_pass, source
 
 THREE_CALLS = """model m(d: int = 8)
 block layer(x) {
@@ -133,9 +133,9 @@ def test_only_values_private_to_the_run_are_rolled():
 @pytest.mark.parametrize("text", LOOPS)
 def test_roll_undoes_unroll(text):
     program = archc.load(text).program
-    flat = run_pass("unroll", program.model_copy(update={"unroll": True}))
+    flat = run_pass("unroll", program, UNROLL)
     assert not loops(flat)
-    back = run_pass("roll", flat.model_copy(update={"unroll": False}))
+    back = run_pass("roll", flat)
     assert program_hash(back) == program_hash(program)
 
 
@@ -143,15 +143,15 @@ def test_a_for_over_shared_weights_comes_back_as_a_loop():
     text = LOOPS[2].replace("loop 5 {", "for i in 0..5 {")
     program = archc.load(text).program
     assert [n.attr("kind") for n in loops(program)] == ["for"]
-    flat = run_pass("unroll", program.model_copy(update={"unroll": True}))
-    back = run_pass("roll", flat.model_copy(update={"unroll": False}))
+    flat = run_pass("unroll", program, UNROLL)
+    back = run_pass("roll", flat)
     assert [(n.attr("kind"), n.attr("count").value) for n in loops(back)] == [("loop", 5)]
     assert program_hash(back) == program_hash(archc.load(LOOPS[2]).program)
 
 
 def test_nothing_rolls_when_unrolling_is_asked_for():
-    program = archc.load(THREE_CALLS).program.model_copy(update={"unroll": True})
-    assert not loops(run_pass("roll", program))
+    program = archc.load(THREE_CALLS).program
+    assert not loops(run_pass("roll", program, UNROLL))
 
 
 @pytest.mark.parametrize("text", [THREE_CALLS, WINDOW, NOT_ROLLED])

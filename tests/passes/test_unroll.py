@@ -9,8 +9,7 @@ import torch
 import archc
 from archc.api import compile_program
 from archc.ir import walk
-from passtest import build_program, check_golden, run_both, run_pass, source
-from archc.passes import run_pipeline
+from passtest import UNROLL, build_program, check_golden, run_both, run_pass, source
 
 STACK = """model m(d: int = 8)
 block layer(x, width: int) {
@@ -55,8 +54,8 @@ return lm_head(x, tied=emb)
 
 
 def unrolled(text: str, **params):
-    program = archc.load(text, **params).program
-    return program.model_copy(update={"unroll": True})
+    """The unroll pass alone, asked to unroll."""
+    return run_pass("unroll", archc.load(text, **params).program, UNROLL)
 
 
 def loops(program) -> list:
@@ -66,7 +65,7 @@ def loops(program) -> list:
 @pytest.mark.parametrize("case, text", [("stack", STACK), ("shared_loop", SHARED_LOOP),
                                         ("nested", NESTED)])
 def test_golden(case, text):
-    p = run_pass("unroll", unrolled(text))
+    p = unrolled(text)
     assert not loops(p)
     check_golden("unroll", case, p)
 
@@ -79,10 +78,10 @@ def test_off_by_default():
 
 
 def test_refs_get_literal_indices_and_shared_weights_stay_shared():
-    p = run_pass("unroll", unrolled(STACK))
+    p = unrolled(STACK)
     calls = [str(n.ref) for n in p.model.graph.nodes if n.op == "call"]
     assert calls == ["layers[0]", "layers[1]", "layers[2]"]
-    p = run_pass("unroll", unrolled(SHARED_LOOP))
+    p = unrolled(SHARED_LOOP)
     assert [str(n.ref) for n in p.model.graph.nodes if n.op == "linear"] == ["core"] * 3
     # the loop index in the scale becomes the literal of each iteration
     assert [n.attr("by") for n in p.model.graph.nodes if n.op == "scale"] == [
@@ -90,15 +89,15 @@ def test_refs_get_literal_indices_and_shared_weights_stay_shared():
 
 
 def test_per_iteration_adapters_get_their_iteration():
-    p = run_pass("unroll", unrolled(NESTED))
+    p = unrolled(NESTED)
     calls = [(str(n.ref), n.attr("iteration")) for n in p.model.graph.nodes if n.op == "call"]
     assert calls == [("shared[0]", "0"), ("shared[1]", "0"), ("shared[0]", "1"),
                      ("shared[1]", "1")]
-    assert "self.shared[1](x, 1)" in source(run_pipeline(unrolled(NESTED)))
+    assert "self.shared[1](x, 1)" in source(compile_program(archc.load(NESTED), unroll=True))
 
 
 def test_run_time_counts_stay_rolled():
-    p = run_pipeline(archc.load("specs/huginn.arch").program.model_copy(update={"unroll": True}))
+    p = compile_program(archc.load("specs/huginn.arch"), unroll=True)
     kinds = [n.attr("kind") for n in loops(p)]
     assert kinds == ["loop"]  # the `loop r` (run-time count); prelude, core, coda unrolled
 
@@ -108,7 +107,7 @@ def test_run_time_counts_stay_rolled():
 def test_same_outputs_and_weights(spec):
     rolled = archc.build(spec).eval()
     flat = archc.load(spec)
-    m = build_program(flat, run_pipeline(flat.program.model_copy(update={"unroll": True})))
+    m = build_program(flat, compile_program(flat, unroll=True))
     m.eval()
     assert list(m.state_dict()) == list(rolled.state_dict())
     a, b = run_both(rolled, m, vocab=16, length=7)  # huginn draws its initial state
@@ -119,7 +118,7 @@ def test_decoding_with_a_cache_matches():
     spec = archc.load("specs/transformer.arch", depth=3)
     rolled = archc.build(spec).eval()
     flat = archc.load("specs/transformer.arch", depth=3)
-    m = build_program(flat, run_pipeline(flat.program.model_copy(update={"unroll": True})))
+    m = build_program(flat, compile_program(flat, unroll=True))
     m.load_state_dict(rolled.state_dict())
     m.eval()
     t = torch.randint(0, 256, (1, 6))
