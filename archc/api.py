@@ -7,9 +7,7 @@ module namespace.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -113,52 +111,44 @@ def compile_program(spec: Spec, mode: str = "train", rewrites: tuple[str, ...] =
     return spec.compiled[pipeline.options]
 
 
+def compile_artifacts(spec: "str | Path | Spec", mode: str = "train", rewrites=(),
+                      backend: str = "torch", **params: Any) -> dict[str, str]:
+    """Every file a backend generates for a spec: {file name: text}."""
+    from .codegen.backend import generate
+
+    return generate(compile_program(load(spec, **params), mode, tuple(rewrites)), backend)
+
+
 def compile_source(spec: "str | Path | Spec", mode: str = "train", rewrites=(),
-                   **params: Any) -> str:
-    """The generated Python module for a spec, as text."""
-    from .codegen.torch import generate
+                   backend: str = "torch", **params: Any) -> str:
+    """The generated module for a spec, as text (a backend's main file)."""
+    files = compile_artifacts(spec, mode, rewrites, backend, **params)
+    return next(iter(files.values()))
 
-    return generate(compile_program(load(spec, **params), mode, tuple(rewrites)))
 
-
-def build(spec: "str | Path | Spec", mode: str = "train", rewrites=(), **params: Any):
+def build(spec: "str | Path | Spec", mode: str = "train", rewrites=(), backend: str = "torch",
+          **params: Any):
     """Compile a spec and return its torch.nn.Module (in train mode). mode="infer" builds
     the inference form: train-time choices fixed to the inference map, dead weights gone.
-    Weights that would not fit in memory are an ArchcError before any tensor exists
-    (archc/memory.py; `archc.load(spec, budget=archc.Budget(max_bytes=N))` sets the limit)."""
-    import types
-
-    loaded = load(spec, **params)
-    from .codegen.escape import file_name
-    from .codegen.torch import generate, root_class
+    `backend` names the backend that builds it (`archc backends`). Weights that would not
+    fit in memory are an ArchcError before any tensor exists (archc/memory.py;
+    `archc.load(spec, budget=archc.Budget(max_bytes=N))` sets the limit)."""
+    from .codegen import backend as backends
     from .memory import check_build_memory
 
-    program = compile_program(loaded, mode, tuple(rewrites))
+    chosen = backends.get(backend)
+    if chosen.build is None:
+        raise ArchcError(f"the {chosen.name} backend writes files but builds no module", None,
+                         f"use archc.compile_source(spec, backend={chosen.name!r}) or "
+                         "build with backend=\"torch\"", code="A002")
+    loaded = load(spec, **params)
+    program = backends.prepare(compile_program(loaded, mode, tuple(rewrites)), chosen)
     check_build_memory(program, loaded.budget.max_bytes if loaded.budget else None)
-    source = generate(program)
-    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
-    name = f"archc_generated.{loaded.program.name}_{digest}"
-    module = sys.modules.get(name)
-    if module is None:
-        module = types.ModuleType(name)
-        module.__file__ = f"<archc:{file_name(loaded.file)}:{digest}>"  # see codegen/escape.py
-        code = compile(source, module.__file__, "exec")
-        _remember_source(module.__file__, source)
-        exec(code, module.__dict__)  # our generated source; spec text never reaches exec
-        sys.modules[name] = module
-    cls = getattr(module, root_class(program))
-    model = cls()
+    model = chosen.build(program, loaded)
     model.archc_spec = loaded
     if mode == "infer":
         model.eval()
     return model
-
-
-def _remember_source(filename: str, source: str) -> None:
-    """Let tracebacks and inspect show the generated code."""
-    import linecache
-
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
 
 
 # ----------------------------------------------------------------------------- analysis

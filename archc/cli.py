@@ -99,6 +99,12 @@ def _mode(p: argparse.ArgumentParser) -> None:
                    "into one layer of n*h heads (Wide Attention)")
 
 
+def _backend_names() -> list[str]:
+    from .codegen.backend import names
+
+    return names()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archc", description="Compile .arch depth-topology specs to PyTorch modules.")
@@ -122,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-passes", action="store_true", help="print how long each pass took")
     p.add_argument("--unroll", action="store_true",
                    help="unroll static loops and stacks into straight-line code")
+    p.add_argument("--backend", default="torch", choices=_backend_names(),
+                   help="the backend that generates the files (default torch; "
+                   "`archc backends` lists them)")
     _mode(p)
 
     p = sub.add_parser("info", help="parameter counts and KV-cache bytes",
@@ -176,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "formatting, comments and renaming do not change it; any change to "
                        "the architecture does. Does not import torch.")
     _common(p)
+
+    p = sub.add_parser("backends", help="the backends and which prims each lowers",
+                       description="List each backend with its coverage of the op table: "
+                       "how many IR primitives it lowers, whether it claims them all, and "
+                       "which it lacks (those a backend lacks are decomposed into simpler "
+                       "prims where a decomposition exists, else refused).")
+    p.add_argument("-v", "--verbose", action="store_true", help="list the prims each lowers")
     return parser
 
 
@@ -204,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("ARCHC_BACKTRACE"):
             raise
-        _report(internal_error(e, args.spec), args)
+        _report(internal_error(e, getattr(args, "spec", "")), args)
         return 3
 
 
@@ -212,7 +228,7 @@ INTERNAL = "A900"  # the code of every internal error (the verifier's too)
 
 
 def _report(e: ArchcError, args) -> None:
-    if args.error_format == "json":
+    if getattr(args, "error_format", "human") == "json":
         print(e.to_json(), file=sys.stderr)
     else:
         print(e.render(), file=sys.stderr)
@@ -289,7 +305,7 @@ def _check(args, parser) -> int:
 
 
 def _compile(args, parser) -> int:
-    from .codegen.torch import generate
+    from .codegen.backend import generate
     from .ir import format_program
     from .passes import PrintAfter, TimePasses, default_pipeline
 
@@ -302,10 +318,32 @@ def _compile(args, parser) -> int:
         spec.program)
     if args.time_passes:
         print(timer.report())
-    source = generate(program)
-    path = Path(args.output) / f"{program.name}.py"
-    _write(path, source)
-    print(f"wrote {path}")
+    for name, text in generate(program, args.backend).items():
+        path = Path(args.output) / name
+        _write(path, text)
+        print(f"wrote {path}")
+    return 0
+
+
+def _backends(args, parser) -> int:
+    """Each backend, what it lowers of the op table, and what it lacks."""
+    import textwrap
+
+    from .codegen import backend as backends
+    from .ops.prims import PRIMS
+
+    for name in backends.names():
+        b = backends.get(name)
+        lowered = sorted(p for p in PRIMS if b.lowers(p))
+        missing = b.missing()
+        claim = "complete" if b.complete else "partial"
+        print(f"{name}: {b.summary}")
+        print(f"  coverage: {len(lowered)}/{len(PRIMS)} prims ({claim})")
+        if missing:
+            print(f"  missing: {', '.join(missing)}")
+        if args.verbose:
+            print(textwrap.fill(", ".join(lowered), 88, initial_indent="  lowers: ",
+                                subsequent_indent=" " * 10))
     return 0
 
 
@@ -370,7 +408,7 @@ def _info_flops(spec, seq: int) -> None:
 
 def _run(args, parser) -> int:
     from .analysis.params import count_params
-    from .codegen.torch import generate
+    from .codegen.backend import generate
 
     import torch
 
@@ -378,9 +416,10 @@ def _run(args, parser) -> int:
 
     t0 = time.perf_counter()
     spec = _load(args, parser)
-    source = generate(api.compile_program(spec))
+    files = generate(api.compile_program(spec), "torch")
     if args.output:
-        _write(Path(args.output) / f"{spec.name}.py", source)
+        for name, text in files.items():
+            _write(Path(args.output) / name, text)
     t1 = time.perf_counter()
     torch.manual_seed(args.seed)  # the seed fixes the weights, then (again) the batch
     model = api.build(spec)
@@ -496,7 +535,7 @@ def _hash(args, parser) -> int:
 
 
 _COMMANDS = {"check": _check, "compile": _compile, "info": _info, "run": _run,
-             "cost": _cost, "fmt": _fmt, "hash": _hash}
+             "cost": _cost, "fmt": _fmt, "hash": _hash, "backends": _backends}
 
 
 if __name__ == "__main__":
