@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import syntax
-from .elaborate import Budget, elaborate
+from .frontend import Budget, elaborate
 from .errors import ArchcError, Source, Span, register_source
 from .ir import ParamInfo, Program
 from .sourcefile import read_spec

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     import archc
     from archc import syntax
     from archc.analysis.cost import cost_of
-    from archc.elaborate import elaborate
+    from archc.frontend import elaborate
 
     c = archc.cost(text, seq=a.seq, **params)  # warm: builds the parser, caches the parse
     assert "torch" not in sys.modules, "archc.cost imported torch"
