@@ -14,7 +14,7 @@ from ..errors import Span, fail
 from ..init import choices_hint
 from ..ir import BlockInst, Group, Module
 from ..ops import ADAPTERS, OPS
-from ..ops.library import suggest
+from ..ops.registry import suggest
 from .consteval import _BUILTINS, _FLOAT32_MAX, _SCHEDULES
 from .opctx import OpCtx
 from .params import _instance_args

@@ -16,7 +16,7 @@ from typing import Any
 from .. import limits, scalar, syntax as S
 from ..errors import fail
 from ..ops import OPS
-from ..ops.library import suggest
+from ..ops.registry import suggest
 from .scopes import Env
 from .values import (Inst, InstArray, RuntimeParam, RuntimeScalar, TensorVal, _runtime, _show,
                      _tree)

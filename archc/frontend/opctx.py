@@ -1,4 +1,4 @@
-"""OpCtx: the op-author API, what an op's `expand` (archc/ops/library.py) sees.
+"""OpCtx: the op-author API, what an op's `expand` (archc/ops/*.py) sees.
 
 An op reads its inputs' types and makes weights (`leaf`, `linear`, `norm`, `bias`) and
 primitive nodes (`emit`) through it. Where an instance's weights are untied per iteration
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import fail
 from ..init import DEFAULT_STD, weight_init, zero_bias
 from ..ir import Group, Leaf, Module, Ref, Stack, TensorType, Weight
-from ..ops.library import lora_scale
+from ..ops.adapters import lora_scale
 from .consteval import _number
 from .values import Inst, RuntimeParam, RuntimeScalar, TensorVal, _tree
 

@@ -15,7 +15,7 @@ from .. import names, syntax as S
 from ..errors import Span, fail
 from ..ir import ParamInfo
 from ..ops import OPS
-from ..ops.library import suggest
+from ..ops.registry import suggest
 from .consteval import _MAX_INT, _number
 from .scopes import Env
 from .values import Inst, RuntimeParam, RuntimeScalar, _runtime, _show

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .. import scalar
 from ..errors import Span
 from ..ir import Module, Ref, TensorType
-from ..ops.library import LoraAttrs
+from ..ops.adapters import LoraAttrs
 
 if TYPE_CHECKING:
     from .scopes import ModuleScope
