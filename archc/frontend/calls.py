@@ -154,8 +154,7 @@ class Calls:
             kwargs = {**inst.kwargs, **call_kw}
             spans = {**inst.kwarg_spans, **call_spans}
         tensors = {k: kwargs.pop(k) for k in list(kwargs) if k in opdef.tensor_kwargs}
-        _check_token_inputs(opdef, inputs, e)
-        _check_ranks(opdef, inputs, e)
+        _check_inputs(opdef, inputs, e)
         attrs = self.validate(opdef, kwargs, spans, e.span)
         ctx = OpCtx(self, opdef, inst, e.span, spans, tensors)
         ctx.sigma = bool(getattr(attrs, "sigma", False))
@@ -273,22 +272,19 @@ class Calls:
                      "name an op (rmsnorm) or an instance made in the block", code="A034")
 
 
-def _check_token_inputs(opdef, inputs: list[TensorVal], e: S.Call) -> None:
-    """Token ids (`tokens`, integers) go only to ops that read them (embed); anywhere
-    else they would be treated as activations, which they are not."""
-    if opdef.reads_tokens:
-        return
-    aligned = len(inputs) == len(e.args)
-    for k, value in enumerate(inputs):
-        if value.type.dtype == "long":
-            fail(f"`{opdef.name}` takes activations, but this is {_show(value)} of token ids",
-                 e.args[k].span if aligned else e.span,
-                 "embed the tokens first: `x = embed(tokens, vocab=..., dim=...)`",
-                 code="A031")
-
-
-def _check_ranks(opdef, inputs: list[TensorVal], e: S.Call) -> None:
-    """An op whose shape rule is for activations refuses per-head values (OpDef.refuses)."""
+def _check_inputs(opdef, inputs: list[TensorVal], e: S.Call) -> None:
+    """The tensor inputs an op refuses, said at the argument where it can tell which:
+    token ids (`tokens`, integers) anywhere but an op that reads them (embed), where they
+    would be treated as activations, which they are not; then a per-head value for an op
+    whose shape rule is for activations [B, T, d] (OpDef.refuses)."""
+    if not opdef.reads_tokens:
+        aligned = len(inputs) == len(e.args)
+        for k, value in enumerate(inputs):
+            if value.type.dtype == "long":
+                fail(f"`{opdef.name}` takes activations, but this is {_show(value)} of token "
+                     "ids", e.args[k].span if aligned else e.span,
+                     "embed the tokens first: `x = embed(tokens, vocab=..., dim=...)`",
+                     code="A031")
     k = opdef.refuses([v.type for v in inputs])
     if k is None:
         return

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Span, fail
-from ..ir import Graph, Group, Module, Node, Ref, Stack
+from ..ir import Graph, Group, Module, Node, Ref, Stack, map_graph
 
 if TYPE_CHECKING:
     from .values import Inst
@@ -192,11 +192,6 @@ def _ref_attrs(node: Node, fix) -> tuple:
 
 
 def _map_graph(graph: Graph, fix) -> Graph:
-    out = Graph(graph.inputs)
-    for node in graph.nodes:
-        body = _map_graph(node.body, fix) if node.body is not None else None
-        out.add(node.model_copy(update={"ref": fix(node.ref), "body": body,
-                                        "attrs": _ref_attrs(node, fix)}))
-    out.outputs = list(graph.outputs)
-    out.names = dict(graph.names)
-    return out
+    """A copy of a graph with `fix` applied to every instance ref, bodies included."""
+    return map_graph(graph, lambda node: node.model_copy(
+        update={"ref": fix(node.ref), "attrs": _ref_attrs(node, fix)}))
