@@ -93,13 +93,7 @@ class OpCtx:
         w_init = weight_init(init, std)
         b_init = ("const", bias_init) if bias_init is not None else zero_bias(init)
         if self.sigma:  # sigma-Reparam: the op asked for spectrally reparameterized weights
-            weights = [Weight(name="weight", shape=(out, d), init=w_init),
-                       Weight(name="gamma", shape=())]
-            if bias:
-                weights.append(Weight(name="bias", shape=(out,), init=b_init))
-            ref = self.leaf(name, "sigma_linear", {"in": d, "out": out, "bias": bias}, weights)
-            return self.emit("sigma_linear", [x], TensorType(shape=x.type.shape[:-1] + (out,)),
-                             ref=ref, hint=hint)
+            return self._sigma_linear(x, name, out, bias, hint, w_init, b_init)
         weights = [Weight(name="weight", shape=(out, d), init=w_init)]
         args = {"in": d, "out": out, "bias": bias}
         if bias:
@@ -109,26 +103,47 @@ class OpCtx:
         ref = self.leaf(name, "linear", args, weights)
         out_t = TensorType(shape=x.type.shape[:-1] + (out,))
         y = self.emit("linear", [x], out_t, ref=ref, hint=hint)
+        return self._lora(x, y, name, ref, hint)
+
+    def _sigma_linear(self, x: TensorVal, name: str | None, out: int, bias: bool, hint: str,
+                      w_init, b_init) -> TensorVal:
+        """The linear as sigma-Reparam weights (an op's `sigma=true`); lora skips it."""
+        d = x.type.width
+        weights = [Weight(name="weight", shape=(out, d), init=w_init),
+                   Weight(name="gamma", shape=())]
+        if bias:
+            weights.append(Weight(name="bias", shape=(out,), init=b_init))
+        ref = self.leaf(name, "sigma_linear", {"in": d, "out": out, "bias": bias}, weights)
+        return self.emit("sigma_linear", [x], TensorType(shape=x.type.shape[:-1] + (out,)),
+                         ref=ref, hint=hint)
+
+    def _lora(self, x: TensorVal, y: TensorVal, name: str | None, ref: Ref,
+              hint: str) -> TensorVal:
+        """y plus the low-rank delta of this iteration, when the block is called `with
+        lora(...)` and the linear is one of its targets (every linear if none are named);
+        the adapters' weights are one Stack per class (ClassBuilder.finish)."""
         adapt = self.cb.adapt
-        if adapt is not None and adapt.lora is not None:
-            path = ".".join(n for n, _ in ref.path)
-            leaf_name = name or self.inst.name
-            targets = adapt.lora.targets
-            hits = [t for t in targets if t in (leaf_name, path)]
-            if not targets or hits:
-                self.cb.lora_hits.update(hits)
-                key = path.replace(".", "_")
-                r = adapt.lora.rank
-                self.cb.lora[key] = Leaf(op="lora", args=(("in", d), ("out", out), ("rank", r),
-                                                          ("scale", lora_scale(adapt.lora))),
-                                         weights=(Weight(name="A", shape=(r, d)),
-                                                  Weight(name="B", shape=(out, r),
-                                                         init=("const", 0.0))),
-                                         span=self.span)
-                lref = Ref(path=(("lora", adapt.var), (key, None)))
-                delta = self.emit("lora", [x], out_t, ref=lref, hint="d")
-                y = self.emit("add", [y, delta], out_t, hint=hint)
-        return y
+        if adapt is None or adapt.lora is None:
+            return y
+        d, out, out_t = x.type.width, y.type.width, y.type
+        path = ".".join(n for n, _ in ref.path)
+        leaf_name = name or self.inst.name
+        targets = adapt.lora.targets
+        hits = [t for t in targets if t in (leaf_name, path)]
+        if targets and not hits:
+            return y
+        self.cb.lora_hits.update(hits)
+        key = path.replace(".", "_")
+        r = adapt.lora.rank
+        self.cb.lora[key] = Leaf(op="lora", args=(("in", d), ("out", out), ("rank", r),
+                                                  ("scale", lora_scale(adapt.lora))),
+                                 weights=(Weight(name="A", shape=(r, d)),
+                                          Weight(name="B", shape=(out, r),
+                                                 init=("const", 0.0))),
+                                 span=self.span)
+        lref = Ref(path=(("lora", adapt.var), (key, None)))
+        delta = self.emit("lora", [x], out_t, ref=lref, hint="d")
+        return self.emit("add", [y, delta], out_t, hint=hint)
 
     def norm(self, x: TensorVal, name: str | None, op: str, eps: float,
              bias: bool = True) -> TensorVal:
