@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 from .errors import ArchcError  # noqa: E402
 from .api import Spec, build, compile_source, load  # noqa: E402
-from .elaborate import Budget  # noqa: E402
+from .frontend import Budget  # noqa: E402
 from .api import format_spec as format, spec_cost as cost, spec_hash as hash  # noqa: E402
 
 

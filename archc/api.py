@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import syntax
-from .elaborate import Budget, elaborate
+from .frontend import Budget, elaborate
 from .errors import ArchcError, Source, Span, register_source
 from .ir import ParamInfo, Program
 from .sourcefile import read_spec

@@ -269,7 +269,7 @@ def _silence_stdout() -> None:
 
 def _load(args, parser):
     from . import api
-    from .elaborate import Budget
+    from .frontend import Budget
 
     budget = Budget()
     if args.max_params is not None:

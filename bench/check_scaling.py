@@ -70,7 +70,7 @@ def stage_times(text: str, skip: set[str]) -> dict[str, float]:
     from archc.analysis.cost import cost_of
     from archc.analysis.params import count_params
     from archc.codegen.torch import generate
-    from archc.elaborate import Budget, elaborate
+    from archc.frontend import Budget, elaborate
     from archc.identity import program_hash
     from archc.passes import default_pipeline
     from archc.verify import verify

@@ -13,7 +13,7 @@ Rows (wall clock, time.perf_counter, medians, one process):
                              (which leaves garbage behind: the cyclic GC then runs during
                              archc.cost)
     parse (uncached)         syntax.parse(text): what the first call of a spec adds
-    elaborate                archc.elaborate of the parsed spec (bind, check, build the IR)
+    elaborate                archc.frontend.elaborate of the parsed spec (bind, check, build the IR)
     analysis                 archc.analysis.cost.cost_of(program): the cost walk alone
   torch: meta build + count  archc.build under torch.device("meta") (no real allocation),
                              sum(p.numel()) and a forward under FlopCounterMode (attention in
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     import archc
     from archc import syntax
     from archc.analysis.cost import cost_of
-    from archc.elaborate import elaborate
+    from archc.frontend import elaborate
 
     c = archc.cost(text, seq=a.seq, **params)  # warm: builds the parser, caches the parse
     assert "torch" not in sys.modules, "archc.cost imported torch"

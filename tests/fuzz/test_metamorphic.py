@@ -121,7 +121,7 @@ REPRODUCERS = {
                 "  x = x + c(rmsnorm(x))\n}\n"),
     # a one-iteration `for` is spliced, and its index was substituted in node refs but not
     # in head_loop's `attn=` ref (NameError `i` in the generated forward); fixed in
-    # elaborate.py (_ref_attrs)
+    # frontend/scopes.py (_ref_attrs)
     "head_loop": ("rolled_unrolled",
                   "for i in 0..1 {\n  let attn = attention(heads=1)\n"
                   "  let looped = head_loop(attn=attn, heads=1)\n  a = attn(x)\n"
