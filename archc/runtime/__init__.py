@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .attention import (alibi_slopes, attend, depth_mix, gate_heads, select_kv,
-                        softmax_scaled)
+from .attention import (alibi_bias, alibi_slopes, attend, attention_probs, block_logits,
+                        causal_mask, depth_mix, gate_heads, select_kv, softmax_scaled)
 from .cache import (KVCache, cache_advance, cache_params, cache_start, kv_cache,
                     refuse_cache)
 from .checks import check_count, check_tokens
@@ -66,9 +66,9 @@ __all__ = [
     "Bias", "CausalDepthwiseConv", "DSLinear", "DeltaResidual", "GroupFusion", "Halting",
     "HeadLoop", "HyperConnection", "KVCache", "LayerScale", "LoRA", "MoE", "PartitionNorm",
     "PhaseRotation", "RepBN", "Rotary", "Scalar", "SigmaLinear", "TYPE_LOG",
-    "TokenBatchNorm", "WidthRouter", "alibi_slopes", "apply_rope", "attend",
-    "aux_loss", "cache_advance", "cache_params",
-    "cache_start", "check_count", "check_tokens", "check_types",
+    "TokenBatchNorm", "WidthRouter", "alibi_bias", "alibi_slopes", "apply_rope", "attend",
+    "attention_probs", "aux_loss", "block_logits", "cache_advance", "cache_params",
+    "cache_start", "causal_mask", "check_count", "check_tokens", "check_types",
     "clear_aux", "counter_uniform", "depth_mix", "drop_path", "expand_streams",
     "gate_heads", "horn", "hyper_write", "init_", "kv_cache", "linear", "linear_attend",
     "merge_heads", "merge_streams", "recurrent_scan", "refuse_cache", "select_kv",

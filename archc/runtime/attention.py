@@ -24,25 +24,64 @@ def alibi_slopes(heads: int) -> torch.Tensor:
     return torch.tensor(slopes)
 
 
+def alibi_bias(slopes: torch.Tensor, pos_q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor:
+    """ALiBi's additive logit bias -slope_h * (p_q - p_k), [H, T_q, T_k], for absolute
+    query positions pos_q and key positions pos_k (int tensors). slopes: [H], already in
+    the logits' dtype and device (a caller making many blocks converts them once). The one
+    place ALiBi's formula lives: attend adds it through SDPA's mask, the own-output scan to
+    its blocks of logits (logits + (-s) d is bit for bit logits - s d)."""
+    dist = (pos_q[:, None] - pos_k[None, :]).to(slopes.dtype)
+    return -slopes[:, None, None] * dist
+
+
+def causal_mask(t: int, s: int, device=None) -> torch.Tensor:
+    """[T, S] True where query i (at position S - T + i) may see key j: j <= S - T + i."""
+    return torch.ones(t, s, dtype=torch.bool, device=device).tril(s - t)
+
+
 def attend(q, k, v, causal: bool = True, alibi: bool = False):
     """Softmax attention of q [B, H, T, dh] over k, v [B, H_kv, S, dh] (S >= T: with a KV
     cache the queries are the last T positions). GQA when H_kv < H."""
     t, s = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     if alibi:
+        slopes = alibi_slopes(q.shape[1]).to(q.device, q.dtype)
         pos_q = torch.arange(s - t, s, device=q.device)
-        pos_k = torch.arange(s, device=q.device)
-        dist = (pos_q[:, None] - pos_k[None, :]).to(q.dtype)
-        bias = -alibi_slopes(q.shape[1]).to(q.device, q.dtype)[:, None, None] * dist
+        bias = alibi_bias(slopes, pos_q, torch.arange(s, device=q.device))
         if causal:
-            bias = bias.masked_fill(dist < 0, float("-inf"))
+            bias = bias.masked_fill(~causal_mask(t, s, q.device), float("-inf"))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=gqa)
     if not causal or t == 1:
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     if t == s:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+    mask = causal_mask(t, s, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """The weights attend gives, [B, H, T, S], for callers that need them rather than the
+    weighted values (a head loop ranks heads by their entropy). Keys [B, H_kv, S, dh] are
+    repeated per GQA group; logits are q k^T / sqrt(dh), masked as attend masks them.
+    The repeat runs even for one group: it also makes k contiguous, and the matmul of a
+    strided k rounds differently (the head loop's choice has always seen the copy)."""
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if causal:
+        mask = causal_mask(q.shape[2], k.shape[2], q.device)
+        logits = logits.masked_fill(~mask, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def block_logits(q: torch.Tensor, k: torch.Tensor, scale: float,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled logits of a block of queries [B, H, T, dh] against a block of keys
+    [B, H, S, dh], plus an additive bias (ALiBi's, from alibi_bias): what blockwise
+    (online-softmax) attention computes per block. The scale multiplies, as the
+    own-output scan always has (attention_probs divides by sqrt(dh), as it always has:
+    the two round differently unless dh is a power of 4, so each keeps its op order)."""
+    logits = (q @ k.transpose(-1, -2)) * scale
+    return logits if bias is None else logits + bias
 
 
 def select_kv(training: bool, p: float, infer: str, own, other):

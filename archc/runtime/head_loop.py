@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attend
+from .attention import attend, attention_probs
 from .cache import kv_cache
 from .heads import apply_rope, merge_heads, split_heads
 
@@ -36,11 +34,7 @@ class HeadLoop(nn.Module):
         k = split_heads(attn.k(h), self.kv_heads)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        k = k.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
-        t = q.shape[2]
-        logits = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-        p = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+        p = attention_probs(q, k)
         entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean(dim=(0, 2))
         top = entropy.topk(self.count).indices.sort().values
         self.heads.copy_(top)

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .attention import alibi_slopes
+from .attention import alibi_bias, alibi_slopes, block_logits
 from .cache import KVCache
 
 
@@ -35,7 +35,7 @@ def recurrent_scan(layer, x: torch.Tensor, cache: "KVCache | None", slot: int,
         past_k = q.new_zeros(b, h, 0, dh)
         past_v = q.new_zeros(b, h, 0, dh)
     scale = 1.0 / math.sqrt(dh)
-    slopes = alibi_slopes(h).to(q.device, q.dtype).view(1, h, 1, 1) if alibi else None
+    slopes = alibi_slopes(h).to(q.device, q.dtype) if alibi else None
     diag_logits = (q * k_diag).sum(-1, keepdim=True) * scale
     own_k: list[torch.Tensor] = []
     own_v: list[torch.Tensor] = []
@@ -57,10 +57,11 @@ def recurrent_scan(layer, x: torch.Tensor, cache: "KVCache | None", slot: int,
         else:
             keys = torch.cat([past_k] + own_k + [k_diag[:, :, t:t + 1]], dim=2)
             values = torch.cat([past_v] + own_v + [v_diag[:, :, t:t + 1]], dim=2)
-            logits = (qt @ keys.transpose(-1, -2)) * scale
+            bias = None
             if slopes is not None:
-                dist = torch.arange(past + t, -1, -1, device=q.device, dtype=q.dtype)
-                logits = logits - slopes * dist
+                pos = torch.arange(past + t + 1, device=q.device)
+                bias = alibi_bias(slopes, pos[-1:], pos)
+            logits = block_logits(qt, keys, scale, bias)
             a_t = torch.softmax(logits, dim=-1) @ values
         out_t = layer.finish(x[:, t:t + 1], a_t, *[s_[:, t:t + 1] if s_.dim() == 3
                                                    else s_[:, :, t:t + 1] for s_ in saved])
@@ -127,14 +128,10 @@ class _InPlaceSoftmax:
         self.m = diag_logits.clone()
         self.l = torch.ones_like(diag_logits)
         self.o = diag_values.clone()
-        self.ramp = None  # ALiBi bias for distances 1, 2, ...
+        self.ramp = None  # ALiBi's bias [H, n, 1] for distances 1, 2, ..., n
 
     def add(self, lo: int, hi: int, keys, values, key_start: int) -> None:
-        logits = (self.q[:, :, lo:hi] @ keys.transpose(-1, -2)) * self.scale
-        if self.slopes is not None:
-            pos_q = torch.arange(self.past + lo, self.past + hi, device=logits.device)
-            pos_k = torch.arange(key_start, key_start + keys.shape[2], device=logits.device)
-            logits = logits - self.slopes * (pos_q[:, None] - pos_k[None, :]).to(logits.dtype)
+        logits = _block(self.q, lo, hi, keys, key_start, self.scale, self.slopes, self.past)
         m, l, o = self.m[:, :, lo:hi], self.l[:, :, lo:hi], self.o[:, :, lo:hi]
         m_new = torch.maximum(m, logits.amax(-1, keepdim=True))
         keep = torch.exp(m - m_new)
@@ -145,13 +142,14 @@ class _InPlaceSoftmax:
 
     def push(self, lo: int, hi: int, k, v) -> None:
         """One key (at position lo - 1) to queries lo..hi-1: distances 1, 2, ..."""
-        logits = (self.q[:, :, lo:hi] @ k.transpose(-1, -2)) * self.scale
+        bias = None
         if self.slopes is not None:
-            if self.ramp is None or self.ramp.shape[2] < hi - lo:
+            if self.ramp is None or self.ramp.shape[1] < hi - lo:
                 n = max(hi - lo, 64)
-                dist = torch.arange(1, n + 1, device=logits.device, dtype=logits.dtype)
-                self.ramp = self.slopes * dist.view(1, 1, n, 1)
-            logits = logits - self.ramp[:, :, :hi - lo]
+                dist = torch.arange(n + 1, device=self.q.device)
+                self.ramp = alibi_bias(self.slopes, dist[1:], dist[:1])
+            bias = self.ramp[:, :hi - lo]
+        logits = block_logits(self.q[:, :, lo:hi], k, self.scale, bias)
         m, l, o = self.m[:, :, lo:hi], self.l[:, :, lo:hi], self.o[:, :, lo:hi]
         m_new = torch.maximum(m, logits)
         keep = torch.exp(m - m_new)
@@ -178,11 +176,7 @@ class _OnlineSoftmax:
 
     def add(self, lo: int, hi: int, keys, values, key_start: int) -> None:
         """Queries lo..hi-1 (local) attend to keys at positions key_start.. (all earlier)."""
-        logits = (self.q[:, :, lo:hi] @ keys.transpose(-1, -2)) * self.scale
-        if self.slopes is not None:
-            pos_q = torch.arange(self.past + lo, self.past + hi, device=logits.device)
-            pos_k = torch.arange(key_start, key_start + keys.shape[2], device=logits.device)
-            logits = logits - self.slopes * (pos_q[:, None] - pos_k[None, :]).to(logits.dtype)
+        logits = _block(self.q, lo, hi, keys, key_start, self.scale, self.slopes, self.past)
         m_old = torch.cat(self.m[lo:hi], dim=2)
         m_new = torch.maximum(m_old, logits.amax(-1, keepdim=True))
         p = torch.exp(logits - m_new)
@@ -201,11 +195,8 @@ class _OnlineSoftmax:
         values = diag_value
         if recent_k:
             keys = torch.cat(recent_k, dim=2)
-            rec = (self.q[:, :, t:t + 1] @ keys.transpose(-1, -2)) * self.scale
-            if self.slopes is not None:
-                pos = torch.arange(recent_start, recent_start + keys.shape[2],
-                                   device=rec.device)
-                rec = rec - self.slopes * (self.past + t - pos).to(rec.dtype)
+            rec = _block(self.q, t, t + 1, keys, recent_start, self.scale, self.slopes,
+                         self.past)
             logits = torch.cat([rec, diag_logit], dim=-1)
             values = torch.cat(recent_v + [diag_value], dim=2)
         m_old, l_old, o_old = self.m[t], self.l[t], self.o[t]
@@ -213,3 +204,14 @@ class _OnlineSoftmax:
         keep = torch.exp(m_old - m)
         p = torch.exp(logits - m)
         return (o_old * keep + p @ values) / (l_old * keep + p.sum(-1, keepdim=True))
+
+
+def _block(q, lo: int, hi: int, keys, key_start: int, scale: float, slopes, past: int):
+    """Logits of local queries lo..hi-1 (absolute positions past + lo..) against keys at
+    absolute positions key_start.., with ALiBi's bias when the scan has slopes."""
+    bias = None
+    if slopes is not None:
+        pos_q = torch.arange(past + lo, past + hi, device=q.device)
+        pos_k = torch.arange(key_start, key_start + keys.shape[2], device=q.device)
+        bias = alibi_bias(slopes, pos_q, pos_k)
+    return block_logits(q[:, :, lo:hi], keys, scale, bias)
