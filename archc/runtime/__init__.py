@@ -27,7 +27,8 @@ from .layers import Bias, LayerScale, LoRA, Scalar
 from .linear_attention import CausalDepthwiseConv, linear_attend
 from .noise import counter_uniform, state_noise
 from .partitions import PartitionNorm, PhaseRotation, horn, topk_keep
-from .reparam import DSLinear, RepBN, SigmaLinear, TokenBatchNorm
+from .reparam import (DSLinear, RepBN, SigmaLinear, TokenBatchNorm, sigma_estimate,
+                      sigma_weight, top_n_columns)
 from .routing import GroupFusion, MoE, WidthRouter, aux_loss, clear_aux, drop_path
 from .scan import recurrent_scan
 from .streams import (DeltaResidual, HyperConnection, expand_streams, hyper_write,
@@ -68,12 +69,12 @@ __all__ = [
     "PhaseRotation", "RepBN", "Rotary", "Scalar", "SigmaLinear", "TYPE_LOG",
     "TokenBatchNorm", "WidthRouter", "alibi_bias", "alibi_slopes", "apply_rope", "attend",
     "attention_probs", "aux_loss", "block_logits", "cache_advance", "cache_params",
-    "cache_start", "causal_mask", "check_count", "check_tokens", "check_types",
-    "clear_aux", "counter_uniform", "depth_mix", "drop_path", "expand_streams",
-    "gate_heads", "horn", "hyper_write", "init_", "kv_cache", "linear", "linear_attend",
-    "merge_heads", "merge_streams", "recurrent_scan", "refuse_cache", "select_kv",
-    "sinkhorn", "softmax_scaled", "split_heads", "state_noise", "topk_keep",
-    "trunc_normal_like",
+    "cache_start", "causal_mask", "check_count", "check_tokens", "check_types", "clear_aux",
+    "counter_uniform", "depth_mix", "drop_path", "expand_streams", "gate_heads", "horn",
+    "hyper_write", "init_", "kv_cache", "linear", "linear_attend", "merge_heads",
+    "merge_streams", "recurrent_scan", "refuse_cache", "select_kv", "sigma_estimate",
+    "sigma_weight", "sinkhorn", "softmax_scaled", "split_heads", "state_noise",
+    "top_n_columns", "topk_keep", "trunc_normal_like",
 ]
 
 # Set to a list by a test to collect (where, IR type, run-time type) of every value of a

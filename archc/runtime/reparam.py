@@ -27,6 +27,19 @@ class RepBN(nn.Module):
         return self.bn(x.reshape(-1, x.shape[-1])).view_as(x) + self.alpha * x
 
 
+def sigma_estimate(weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """sigma(W) ~ v^T W u with v = W u / |W u|: the spectral norm seen from the power
+    iteration's vector u (no step taken; v carries no gradient)."""
+    v = F.normalize(weight @ u, dim=0).detach()
+    return v @ weight @ u
+
+
+def sigma_weight(weight: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """sigma-Reparam's effective weight gamma / sigma(W) * W: what SigmaLinear multiplies
+    by, and what archc.reparam (archc/fold.py) folds into a plain linear."""
+    return gamma / sigma_estimate(weight, u) * weight
+
+
 class SigmaLinear(nn.Module):
     """sigma-Reparam (Zhai et al.): W_hat = gamma / sigma(W) * W. sigma comes from one
     power-iteration step per training forward on a persistent vector u (no step in eval);
@@ -49,28 +62,39 @@ class SigmaLinear(nn.Module):
             self.u.copy_(vh[0])
             self.gamma.copy_(s[0])
 
+    @torch.no_grad()
+    def power_step(self) -> None:
+        """One power-iteration step on u (training forwards take one each)."""
+        v = F.normalize(self.weight @ self.u, dim=0)
+        self.u.copy_(F.normalize(self.weight.t() @ v, dim=0))
+
     def sigma(self) -> torch.Tensor:
         if self.training:
-            with torch.no_grad():
-                v = F.normalize(self.weight @ self.u, dim=0)
-                self.u.copy_(F.normalize(self.weight.t() @ v, dim=0))
-        v = F.normalize(self.weight @ self.u, dim=0).detach()
-        return v @ self.weight @ self.u
+            self.power_step()
+        return sigma_estimate(self.weight, self.u)
 
     def effective_weight(self) -> torch.Tensor:
-        return self.gamma / self.sigma() * self.weight
+        if self.training:
+            self.power_step()
+        return sigma_weight(self.weight, self.u, self.gamma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
 
 
+def top_n_columns(s: torch.Tensor, n: int) -> torch.Tensor:
+    """Each column's n largest-magnitude entries, the rest zero: DSFormer's sparse factor,
+    as DSLinear applies it each forward and archc.reparam folds it once."""
+    index = s.abs().topk(n, dim=0).indices
+    return torch.zeros_like(s).scatter(0, index, s.gather(0, index))
+
+
 class _TopNColumns(torch.autograd.Function):
-    """Keep each column's n largest-magnitude entries; gradients pass straight through."""
+    """top_n_columns with gradients passed straight through (to the dense shadow)."""
 
     @staticmethod
     def forward(ctx, s: torch.Tensor, n: int) -> torch.Tensor:
-        index = s.abs().topk(n, dim=0).indices
-        return torch.zeros_like(s).scatter(0, index, s.gather(0, index))
+        return top_n_columns(s, n)
 
     @staticmethod
     def backward(ctx, grad):

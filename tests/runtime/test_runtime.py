@@ -113,3 +113,24 @@ def test_head_loop_ranks_heads_by_the_shared_attention_weights():
 def test_causal_mask_sees_the_past_of_the_last_positions():
     assert rt.causal_mask(2, 4).tolist() == [[True, True, True, False], [True] * 4]
     assert torch.equal(rt.causal_mask(3, 3), torch.ones(3, 3, dtype=torch.bool).tril())
+
+
+def test_fold_uses_the_runtime_effective_weights():
+    """archc.reparam folds sigma-Reparam and DSFormer weights with the runtime's own
+    functions: the folded weight is bit for bit what the eval forward multiplies by."""
+    from archc import fold
+
+    torch.manual_seed(0)
+    sigma = rt.SigmaLinear(12, 7).train()
+    sigma(torch.randn(3, 12))  # one power step moves u off its init
+    sigma.eval()
+    src = {"l.weight": sigma.weight.detach(), "l.u": sigma.u, "l.gamma": sigma.gamma.detach()}
+    assert torch.equal(fold._value(("sigma_weight", "l"), src, ""),
+                       sigma.effective_weight().detach())
+    ds = rt.DSLinear(12, 7, rank=4, nnz=2)
+    src = {"l.sparse": ds.sparse.detach()}
+    folded = fold._value(("ds_sparse", "l", 2), src, "")
+    assert torch.equal(folded, ds.sparse_factor().detach())
+    assert bool(((folded != 0).sum(0) == 2).all())
+    text = Path(fold.__file__).read_text()
+    assert "normalize" not in text and "topk" not in text  # the math is not restated
