@@ -7,7 +7,8 @@ all layers, LoRA with zero-init B, LayerScale, learnable scalars, halting for lo
 One module per concern (attention, the KV cache, the own-output scan, residual streams,
 head loops, partitions, routing, reparameterizable layers, ...); this file re-exports every
 public name, so generated files keep `from archc import runtime as rt` and `rt.attend(...)`
-and never name a submodule.
+and never name a submodule. Importing it changes nothing in torch (a FLOP formula for
+CPU attention that FLOP-measuring tests want is in tests/flop_formulas.py).
 """
 
 from __future__ import annotations
@@ -33,35 +34,6 @@ from .routing import GroupFusion, MoE, WidthRouter, aux_loss, clear_aux, drop_pa
 from .scan import recurrent_scan
 from .streams import (DeltaResidual, HyperConnection, expand_streams, hyper_write,
                       merge_streams, sinkhorn)
-
-def _count_cpu_attention() -> None:
-    """torch.utils.flop_counter has no formula for the fused attention kernel used on CPU,
-    so FlopCounterMode reports attention as free there. Count it like the GPU kernels:
-    q k^T and the weighted sum of v, in full (a causal mask does not halve the count)."""
-    from torch.utils import flop_counter
-
-    aten = torch.ops.aten
-    for packet, backward in ((aten._scaled_dot_product_flash_attention_for_cpu, False),
-                             (aten._scaled_dot_product_flash_attention_for_cpu_backward, True)):
-        if packet in flop_counter.flop_registry:
-            continue
-
-        def formula(query, key, value, *args, out_shape=None, _backward=backward, **kwargs):
-            if _backward:  # (grad_out, query, key, value, ...)
-                query, key, value = key, value, args[0]
-            b, h, s_q, d_q = query
-            s_k, d_v = key[-2], value[-1]
-            flops = 2 * b * h * s_q * s_k * (d_q + d_v)
-            return 2 * flops if _backward else flops
-
-        flop_counter.register_flop_formula(packet, get_raw=False)(formula)
-
-
-try:
-    _count_cpu_attention()
-except (AttributeError, RuntimeError):  # an older torch without these ops: nothing to add
-    pass
-
 
 __all__ = [
     "Bias", "CausalDepthwiseConv", "DSLinear", "DeltaResidual", "GroupFusion", "Halting",
