@@ -34,6 +34,12 @@ class HeadLoop(nn.Module):
         k = split_heads(attn.k(h), self.kv_heads)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
+        self.choose_from(q, k)
+
+    @torch.no_grad()
+    def choose_from(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        """The choice from every head's queries and keys (RoPE applied), ranked by the
+        entropy of the weights attend gives them (attention_probs)."""
         p = attention_probs(q, k)
         entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean(dim=(0, 2))
         top = entropy.topk(self.count).indices.sort().values
