@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from .runtime.reparam import sigma_weight, top_n_columns
+
 
 def _value(recipe, src: dict, prefix: str):
     kind = recipe[0]
@@ -44,15 +46,11 @@ def _value(recipe, src: dict, prefix: str):
         p = base + ".bn" if (base + ".bn.weight") in src else base
         scale = src[p + ".weight"] / torch.sqrt(src[p + ".running_var"] + _eps(src, p))
         return src[p + ".bias"] - src[p + ".running_mean"] * scale
-    if kind == "sigma_weight":
+    if kind == "sigma_weight":  # SigmaLinear's effective weight, as eval computes it
         p = prefix + recipe[1]
-        w, u = src[p + ".weight"], src[p + ".u"]
-        v = torch.nn.functional.normalize(w @ u, dim=0)
-        return src[p + ".gamma"] / (v @ w @ u) * w
+        return sigma_weight(src[p + ".weight"], src[p + ".u"], src[p + ".gamma"])
     if kind == "ds_sparse":  # the top-nnz projection DSFormer applies each forward, once
-        s = src[prefix + recipe[1] + ".sparse"]
-        index = s.abs().topk(recipe[2], dim=0).indices
-        return torch.zeros_like(s).scatter(0, index, s.gather(0, index))
+        return top_n_columns(src[prefix + recipe[1] + ".sparse"], recipe[2])
     raise AssertionError(f"unknown fold {kind}")
 
 

@@ -6,7 +6,7 @@
                                                 [--repeats 5 --budget 8] [--profile [--profile-len 512]]
 
 specs/recurrent_transformer.arch: each layer's keys/values at earlier positions come from the
-layer's own output there, so the layer runs as a scan over positions (archc/runtime.py
+layer's own output there, so the layer runs as a scan over positions (archc/runtime/scan.py
 recurrent_scan). Each generated layer has an attribute `scan_mode`:
   naive  at every position, concatenate all earlier keys/values and attend over them
   tiled  (default) exact tiled prefill: after step t the keys [t+1-L, t] (L = lowbit(t+1))
