@@ -225,6 +225,9 @@ class Prim:
     # a composite prim runs a whole sub-computation (routing, stream mixing, a scan);
     # archc/passes/decompose.py rewrites it into simpler prims for a backend without it
     composite: bool = False
+    # a one-argument activation the language offers as a spec op of the same name
+    # (`silu(x)`); the text is its entry in `archc ops`
+    activation: str | None = None
 
     def is_pure(self, leaf: Any = None) -> bool:
         return self.pure(leaf) if callable(self.pure) else self.pure
@@ -324,11 +327,11 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
     _elementwise("neg", 1, saved=NOTHING),
     _elementwise("scale", 1, saved=NOTHING),
     _elementwise("leaky_relu", 1),
-    _elementwise("silu", 4),
-    _elementwise("gelu", 8),
-    _elementwise("relu", 1, saved=OWN),
-    _elementwise("sigmoid", 4, saved=OWN),
-    _elementwise("tanh", 6, saved=OWN),
+    _elementwise("silu", 4, activation="x * sigmoid(x)"),
+    _elementwise("gelu", 8, activation="GELU (erf)"),
+    _elementwise("relu", 1, saved=OWN, activation="max(x, 0)"),
+    _elementwise("sigmoid", 4, saved=OWN, activation="logistic"),
+    _elementwise("tanh", 6, saved=OWN, activation="tanh"),
     _elementwise("lerp", 3, saved=(0, 1, 2)),
     # layout
     Prim("concat", no_flops, pure=True, saved=NOTHING),

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from ..ir import TensorType
+from .prims import PRIMS
 from .registry import Attrs, NoAttrs, op
 
 
@@ -59,9 +60,9 @@ def leaky_relu(c, x, a: LeakyAttrs):
     return c.emit("leaky_relu", [x], x.type, {"slope": a.slope}, hint="x")
 
 
-for _name, _doc in [("silu", "x * sigmoid(x)"), ("gelu", "GELU (erf)"), ("relu", "max(x, 0)"),
-                    ("sigmoid", "logistic"), ("tanh", "tanh")]:
-    _unary(_name, _doc)
+for _prim in PRIMS.values():  # each activation of the op table is a spec op
+    if _prim.activation:
+        _unary(_prim.name, _prim.activation)
 
 
 @op("concat", NoAttrs, "concatenate along the width", inputs=None, per_head=True)
