@@ -332,6 +332,7 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
     _elementwise("relu", 1, saved=OWN, activation="max(x, 0)"),
     _elementwise("sigmoid", 4, saved=OWN, activation="logistic"),
     _elementwise("tanh", 6, saved=OWN, activation="tanh"),
+    _elementwise("softplus", 4, activation="log(1 + exp(x)), a smooth relu"),
     _elementwise("lerp", 3, saved=(0, 1, 2)),
     # layout
     Prim("concat", no_flops, pure=True, saved=NOTHING),

@@ -134,6 +134,7 @@ LOWERINGS: dict[str, Lower] = {
     "relu": _fn("F.relu"),
     "sigmoid": _fn("torch.sigmoid"),
     "tanh": _fn("torch.tanh"),
+    "softplus": _fn("F.softplus"),
     "lerp": lambda a, attrs, ctx: f"torch.lerp({a[0]}, {a[1]}, {a[2]})",
     # layout
     "concat": lambda a, attrs, ctx: f"torch.cat([{', '.join(a)}], dim=-1)",
