@@ -290,7 +290,7 @@ def _load(args, parser):
 
 def _check(args, parser) -> int:
     from .analysis.live import live_program, unused_values
-    from .analysis.params import count_params
+    from .param_count import count_params
     from .verify import verify
 
     spec = _load(args, parser)
@@ -348,7 +348,7 @@ def _backends(args, parser) -> int:
 
 
 def _info(args, parser) -> int:
-    from .analysis.params import count_params
+    from .param_count import count_params
 
     spec = _load(args, parser)
     program = spec.program
@@ -407,7 +407,7 @@ def _info_flops(spec, seq: int) -> None:
 
 
 def _run(args, parser) -> int:
-    from .analysis.params import count_params
+    from .param_count import count_params
     from .codegen.backend import generate
 
     import torch

@@ -2,7 +2,7 @@
 
 A NAS loop may sample a spec whose weights do not fit the machine; building it would
 have the process killed by the kernel (or swap for minutes) instead of raising. The
-parameter count is analytic (archc/analysis/params.py), so the bytes a build will hold,
+parameter count is analytic (archc/param_count.py), so the bytes a build will hold,
 parameters x bytes per element of torch's default dtype, are known before anything is
 allocated: when they are more than the memory available (or than `Budget.max_bytes`),
 the build is an archc error that gives both numbers.
@@ -52,7 +52,7 @@ def check_build_memory(program: Program, max_bytes: int | None = None) -> int:
     Returns the bytes the parameters will take."""
     import torch
 
-    from .analysis.params import unique_params
+    from .param_count import unique_params
 
     itemsize = torch.empty((), dtype=torch.get_default_dtype(), device="meta").element_size()
     params = unique_params(program)

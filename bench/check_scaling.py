@@ -68,7 +68,7 @@ def stage_times(text: str, skip: set[str]) -> dict[str, float]:
     import archc
     from archc import syntax
     from archc.analysis.cost import cost_of
-    from archc.analysis.params import count_params
+    from archc.param_count import count_params
     from archc.codegen.torch import generate
     from archc.frontend import Budget, elaborate
     from archc.identity import program_hash

@@ -10,7 +10,7 @@ import torch
 
 import archc
 from archc import ArchcError
-from archc.analysis.params import count_params
+from archc.param_count import count_params
 
 
 def build(text: str, **params):
@@ -236,7 +236,7 @@ def test_readable_parameter_names():
 
 def test_load_does_not_import_torch():
     code = ("import sys, archc; archc.load('specs/huginn.arch', r=8); "
-            "from archc.analysis.params import count_params; "
+            "from archc.param_count import count_params; "
             "count_params(archc.load('specs/huginn.arch').program); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -50,8 +50,8 @@ from ..ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program
 from ..ops.prims import PRIMS, FlopInput, per_token
 from ..passes import kvplan
 from .live import live_program
-from .params import applied_numel
-from .scan import plan_scan
+from ..param_count import applied_numel
+from ..scan import plan_scan
 
 FLOAT_BYTES = 4  # activations, caches and parameters are float32
 

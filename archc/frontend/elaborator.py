@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from .. import limits, names, syntax as S
-from ..analysis.scan import plan_scan
+from ..scan import plan_scan
 from ..errors import Span, fail
 from ..init import resolve_residual
 from ..ir import TOKENS, BlockDef, ParamInfo, Program, TensorType
@@ -87,7 +87,7 @@ class Elaborator(StaticEval, ParamBinding, OpCounting):
         return program
 
     def _check_params(self, program: Program) -> None:
-        from ..analysis.params import unique_params
+        from ..param_count import unique_params
 
         total = unique_params(program)
         if total > self.budget.max_params:

@@ -111,7 +111,7 @@ def attention(c, x, a: AttentionAttrs):
 def _own_output_attention(c, x, a: AttentionAttrs, dh: int):
     """Keys/values of earlier positions come from the enclosing block's own output
     (Recurrent Transformer); the diagonal uses this position's input. The block runs as a
-    scan over positions (see archc/analysis/scan.py); its cache holds those keys."""
+    scan over positions (see archc/scan.py); its cache holds those keys."""
     if a.rope:
         c.fail("an attention over its block's past output runs position by position and "
                "cannot use RoPE", "write rope=false, alibi=true", at="past")

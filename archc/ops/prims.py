@@ -293,7 +293,7 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
          attention=True, allocates=True, saved=QKV_OUT, saved_extra=_heads,
          no_decode=_reads_later_positions(True)),
     # an attention whose keys and values come from its block's own output at earlier
-    # positions: the block runs as a scan over positions (archc/analysis/scan.py)
+    # positions: the block runs as a scan over positions (archc/scan.py)
     Prim("scan_attend", _scan_attend_flops, per_head=True, mixes_positions=True,
          attention=True, allocates=True, owns_slot=True, saved=QKV_OUT, saved_extra=_heads,
          composite=True),

@@ -15,7 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import archc
-from archc.analysis.params import count_params
+from archc.param_count import count_params
 from archc.cli import main
 from archc.ir import walk
 from archc.ops import PRIMS

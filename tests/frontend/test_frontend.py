@@ -22,7 +22,7 @@ ALL_OPS = {
     "hyper_read", "hyper_write", "streams", "stream_merge", "delta", "drop_path", "gate",
     "moe", "width_route", "group_fuse", "partition_norm", "rotate", "horn", "batchnorm",
     "repbn", "sigma_linear", "ds_linear", "scale", "add", "sum", "mul", "leaky_relu",
-    "silu", "gelu", "relu", "sigmoid", "tanh", "concat", "split", "init_state",
+    "silu", "gelu", "relu", "sigmoid", "tanh", "softplus", "concat", "split", "init_state",
 }
 
 

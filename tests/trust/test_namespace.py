@@ -254,7 +254,7 @@ def test_a_block_param_named_like_generated_code(name):
 @pytest.mark.parametrize("name", ["slot", "cache", "self", "rt"])
 def test_the_input_of_a_scanned_block_named_like_generated_code(name):
     """A block whose attention reads its own output runs as a scan with its own forward
-    signature (archc/analysis/scan.py)."""
+    signature (archc/scan.py)."""
     text = _spec_text(Path("specs/recurrent_transformer.arch"))
     assert_same(text, rename(text, "x", name))
 

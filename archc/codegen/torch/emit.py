@@ -20,7 +20,7 @@ from ..namespace import PYTHON_RESERVED, Namespace
 from ... import scalar
 from ...ops import PRIMS
 from .lower import LOWERINGS, leaf_expr
-from ...analysis.scan import plan_scan
+from ...scan import plan_scan
 from ...passes.kvplan import decode_blockers, slot_count
 
 INDENT = "    "
@@ -248,7 +248,7 @@ class _ClassEmitter:
 
     def _scan(self, plan) -> list[str]:
         """A block whose attention reads its own past output runs as a scan over
-        positions; its graph is cut into three methods (see archc/analysis/scan.py)."""
+        positions; its graph is cut into three methods (see archc/scan.py)."""
         ind = INDENT * 2
         forward = _Forward(self)
         slot = forward._slot(plan.attend)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ..ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Program, Stack,
+from .ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Program, Stack,
                   instance_env, param_env, resolve, trip_count)
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ArchcError
-from ..ir import BlockDef, Graph, Node
-from ..ops.prims import PRIMS
+from .errors import ArchcError
+from .ir import BlockDef, Graph, Node
+from .ops.prims import PRIMS
 
 
 
