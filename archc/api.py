@@ -116,7 +116,7 @@ def compile_artifacts(spec: "str | Path | Spec", mode: str = "train", rewrites=(
     """Every file a backend generates for a spec: {file name: text}."""
     from .codegen.backend import generate
 
-    return generate(compile_program(load(spec, **params), mode, tuple(rewrites)), backend)
+    return generate(compile_program(load(spec, **params), mode, tuple(rewrites)), backend, mode)
 
 
 def compile_source(spec: "str | Path | Spec", mode: str = "train", rewrites=(),
@@ -142,7 +142,7 @@ def build(spec: "str | Path | Spec", mode: str = "train", rewrites=(), backend: 
                          f"use archc.compile_source(spec, backend={chosen.name!r}) or "
                          "build with backend=\"torch\"", code="A002")
     loaded = load(spec, **params)
-    program = backends.prepare(compile_program(loaded, mode, tuple(rewrites)), chosen)
+    program = backends.prepare(compile_program(loaded, mode, tuple(rewrites)), chosen, mode)
     check_build_memory(program, loaded.budget.max_bytes if loaded.budget else None)
     model = chosen.build(program, loaded)
     model.archc_spec = loaded

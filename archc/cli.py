@@ -318,7 +318,7 @@ def _compile(args, parser) -> int:
         spec.program)
     if args.time_passes:
         print(timer.report())
-    for name, text in generate(program, args.backend).items():
+    for name, text in generate(program, args.backend, args.mode).items():
         path = Path(args.output) / name
         _write(path, text)
         print(f"wrote {path}")

@@ -77,14 +77,15 @@ def get(name: str) -> Backend:
     return importlib.import_module(REGISTRY[name]).BACKEND
 
 
-def prepare(program: Program, backend: Backend) -> Program:
-    """The program as `backend` can run it: composite prims it does not lower are
-    decomposed; anything else it cannot run is an archc error."""
+def prepare(program: Program, backend: Backend, mode: str = "train") -> Program:
+    """The program (compiled for `mode`) as `backend` can run it: composite prims it does
+    not lower are decomposed; anything else it cannot run is an archc error."""
     missing = backend.unsupported(program)
     if any(PRIMS[op].composite for op in missing):
         from ..passes.decompose import decompose
 
-        program = decompose(program, keep=frozenset(p for p in PRIMS if backend.lowers(p)))
+        keep = frozenset(p for p in PRIMS if backend.lowers(p))
+        program = decompose(program, keep=keep, mode=mode)
         missing = backend.unsupported(program)
     if missing:
         raise ArchcError(f"the {backend.name} backend cannot lower {', '.join(missing)}",
@@ -93,7 +94,7 @@ def prepare(program: Program, backend: Backend) -> Program:
     return program
 
 
-def generate(program: Program, backend: str = "torch") -> dict[str, str]:
-    """The artifacts of `program` for the named backend."""
+def generate(program: Program, backend: str = "torch", mode: str = "train") -> dict[str, str]:
+    """The artifacts of `program` (compiled for `mode`) for the named backend."""
     b = get(backend)
-    return b.generate(prepare(program, b))
+    return b.generate(prepare(program, b, mode))

@@ -339,3 +339,4 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
     Prim("split", no_flops, pure=True, saved=NOTHING),
     Prim("init_state", no_flops, saved=NOTHING),  # noise in training
 ]}
+from . import simple_prims  # noqa: E402,F401  (decomposition prims join PRIMS)

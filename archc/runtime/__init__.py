@@ -21,7 +21,7 @@ from .cache import (KVCache, cache_advance, cache_params, cache_start, kv_cache,
                     refuse_cache)
 from .checks import check_count, check_tokens
 from .halting import Halting
-from .head_loop import HeadLoop
+from .head_loop import HeadLoop, chosen_heads
 from .heads import Rotary, apply_rope, merge_heads, split_heads
 from .inits import init_, linear, trunc_normal_like
 from .layers import Bias, LayerScale, LoRA, Scalar
@@ -30,7 +30,7 @@ from .noise import counter_uniform, state_noise
 from .partitions import PartitionNorm, PhaseRotation, horn, topk_keep
 from .reparam import (DSLinear, RepBN, SigmaLinear, TokenBatchNorm, sigma_estimate,
                       sigma_weight, top_n_columns)
-from .routing import GroupFusion, MoE, WidthRouter, aux_loss, clear_aux, drop_path
+from .routing import GroupFusion, MoE, WidthRouter, aux_loss, clear_aux, drop_path, eval_only
 from .scan import recurrent_scan
 from .streams import (DeltaResidual, HyperConnection, expand_streams, hyper_write,
                       merge_streams, sinkhorn)
@@ -41,8 +41,8 @@ __all__ = [
     "PhaseRotation", "RepBN", "Rotary", "Scalar", "SigmaLinear", "TYPE_LOG",
     "TokenBatchNorm", "WidthRouter", "alibi_bias", "alibi_slopes", "apply_rope", "attend",
     "attention_probs", "aux_loss", "block_logits", "cache_advance", "cache_params",
-    "cache_start", "causal_mask", "check_count", "check_tokens", "check_types", "clear_aux",
-    "counter_uniform", "depth_mix", "drop_path", "expand_streams", "gate_heads", "horn",
+    "cache_start", "causal_mask", "check_count", "chosen_heads", "check_tokens", "check_types", "clear_aux",
+    "counter_uniform", "depth_mix", "drop_path", "eval_only", "expand_streams", "gate_heads", "horn",
     "hyper_write", "init_", "kv_cache", "linear", "linear_attend", "merge_heads",
     "merge_streams", "recurrent_scan", "refuse_cache", "select_kv", "sigma_estimate",
     "sigma_weight", "sinkhorn", "softmax_scaled", "split_heads", "state_noise",

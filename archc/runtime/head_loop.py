@@ -67,3 +67,11 @@ class HeadLoop(nn.Module):
         change = merge_heads(out - o.index_select(1, sel))
         a = a + F.linear(change, attn.o.weight[:, rows])
         return a, o.index_copy(1, sel, out)
+
+
+def chosen_heads(loop: HeadLoop, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The looped heads of a decomposed head loop: chosen from q, k [B, H(kv), T, dh] at
+    its first run, as HeadLoop.forward chooses them, then kept in the loop's buffers."""
+    if not bool(loop.chosen):
+        loop.choose_from(q, k)
+    return loop.heads

@@ -82,6 +82,21 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
+def eval_only(x: torch.Tensor, training: bool, what: str, where: tuple | None) -> torch.Tensor:
+    """A composite decomposed as it evaluates (archc/passes/decompose.py: moe with no
+    capacity drops and no load-balance loss) refuses to run in training, where the
+    composite would compute something else."""
+    if training:
+        from ..errors import ArchcError, Span
+
+        raise ArchcError(f"this build runs {what} decomposed into its eval computation; "
+                         "in training it would drop no token over capacity and add no "
+                         "load-balance loss", Span(*where) if where else None,
+                         "train a build without decompose, or call model.eval()",
+                         code="A055")
+    return x
+
+
 class WidthRouter(nn.Module):
     """MoHD's routed width: `groups` groups of the width, `shared` always active, the top-k
     of the rest per token by a router. Returns the input mask (1 on active dims) and the

@@ -75,3 +75,23 @@ def test_cli_compile_backend(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["compile", SPEC, "--backend", "nope", "-o", str(tmp_path)])
     assert e.value.code == 2
+
+
+def test_a_backend_without_composites_runs_them_decomposed():
+    """A backend that lowers no composite prim still builds specs that use them: prepare
+    decomposes each into simple prims, with the same weights and the same logits."""
+    torch_backend = backends.get("torch")
+    simple = {k: v for k, v in torch_backend.lowerings.items() if not PRIMS[k].composite}
+    partial = replace(torch_backend, name="simple", lowerings=simple, complete=False)
+    spec = archc.load("specs/hyper.arch", d=32, heads=4)
+    program = archc.api.compile_program(spec, "infer")
+    assert "hyper" in partial.unsupported(program)
+    decomposed = backends.prepare(program, partial, "infer")
+    assert not partial.unsupported(decomposed)
+    torch.manual_seed(0)
+    normal = archc.build(spec, mode="infer")
+    other = partial.build(decomposed, spec).eval()
+    other.load_state_dict(normal.state_dict(), strict=True)
+    tokens = torch.randint(0, 64, (2, 6))
+    with torch.no_grad():
+        assert torch.allclose(normal(tokens), other(tokens), atol=1e-6)

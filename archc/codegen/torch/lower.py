@@ -94,6 +94,71 @@ def _init_state(a, attrs, ctx) -> str:
             f"seed={ctx.seed}, start=rt.cache_start({ctx.cache}), training={ctx.training})")
 
 
+# ----------------------------------------------------------------------------- decompositions
+# The simple prims that archc/passes/decompose.py writes composites in (ops/simple_prims.py).
+
+
+def _weight(a, attrs, ctx) -> str:
+    """`self.delta.beta.weight`, or one entry of it, viewed with the rank of the
+    activations it meets (a bias [n] as [1, 1, n])."""
+    text = f"{ctx.module}.{attrs['name']}"
+    if attrs.get("item") is not None:
+        text += f"[{int(attrs['item'])}]"
+    view = attrs.get("view")
+    return text if view is None else f"{text}.view({', '.join(str(int(s)) for s in view)})"
+
+
+def _dims(dims: tuple) -> str:
+    ints = [str(int(d)) for d in dims]
+    return ints[0] if len(ints) == 1 else f"({', '.join(ints)})"
+
+
+def _reduce(a, attrs, ctx) -> str:
+    how = {"sum": "sum", "amax": "amax", "mean": "mean"}[attrs["how"]]
+    keep = ", keepdim=True" if attrs.get("keepdim") else ""
+    return f"{a[0]}.{how}({_dims(attrs['dims'])}{keep})"
+
+
+def _head_rows(a, attrs, ctx) -> str:
+    """The rows of a [heads * dh, d] projection that hold the given heads, in order."""
+    dh = int(attrs["dh"])
+    return f"({a[0]}[:, None] * {dh} + torch.arange({dh}, device={a[0]}.device)).flatten()"
+
+
+SIMPLE_LOWERINGS: dict[str, Lower] = {
+    "weight": _weight,
+    "affine": lambda a, attrs, ctx: f"F.linear({', '.join(a)})",
+    "rms_norm": lambda a, attrs, ctx: (f"F.rms_norm({a[0]}, ({int(attrs['dim'])},), {a[1]}, "
+                                       f"eps={float(attrs['eps'])!r})"),
+    "normalize": lambda a, attrs, ctx: (f"F.normalize({a[0]}, dim=-1, "
+                                        f"eps={float(attrs['eps'])!r})"),
+    "reduce": _reduce,
+    "matmul": _binary("@"),
+    "einsum": lambda a, attrs, ctx: f"torch.einsum({py_str(attrs['equation'])}, {', '.join(a)})",
+    "div": _binary("/"),
+    "exp": _fn("torch.exp"),
+    "softmax": lambda a, attrs, ctx: f"torch.softmax({a[0]}, dim=-1)",
+    "topk_mask": lambda a, attrs, ctx: (f"torch.zeros_like({a[0]}).scatter(-1, "
+                                        f"{a[0]}.topk({int(attrs['k'])}, dim=-1).indices, 1.0)"),
+    "fill": lambda a, attrs, ctx: (f"{a[0]}.new_full((*{a[0]}.shape[:-1], "
+                                   f"{int(attrs['width'])}), {float(attrs['value'])!r})"),
+    "repeat_interleave": lambda a, attrs, ctx: (f"{a[0]}.repeat_interleave("
+                                                f"{int(attrs['repeats'])}, -1)"),
+    "unflatten": lambda a, attrs, ctx: (f"{a[0]}.unflatten(-1, "
+                                        f"({', '.join(str(int(s)) for s in attrs['sizes'])}))"),
+    "flatten": lambda a, attrs, ctx: f"{a[0]}.flatten(-2)",
+    "index_select": lambda a, attrs, ctx: f"{a[0]}.index_select({int(attrs['dim'])}, {a[1]})",
+    "index_copy": lambda a, attrs, ctx: (f"{a[0]}.index_copy({int(attrs['dim'])}, {a[1]}, "
+                                         f"{a[2]})"),
+    "floordiv": lambda a, attrs, ctx: f"{a[0]} // {int(attrs['by'])}",
+    "head_rows": _head_rows,
+    "head_select": lambda a, attrs, ctx: f"rt.chosen_heads({ctx.module}, {a[0]}, {a[1]})",
+    "eval_only": lambda a, attrs, ctx: (f"rt.eval_only({a[0]}, {ctx.training}, "
+                                        f"{py_str(attrs['what'])}, "
+                                        f"{literal(attrs.get('where'))})"),
+}
+
+
 LOWERINGS: dict[str, Lower] = {
     # modules that hold weights: the graph calls them
     **{op: _call for op in ("embed", "linear", "lora", "rmsnorm", "layernorm", "layerscale",
@@ -140,6 +205,7 @@ LOWERINGS: dict[str, Lower] = {
     "concat": lambda a, attrs, ctx: f"torch.cat([{', '.join(a)}], dim=-1)",
     "split": lambda a, attrs, ctx: f"{a[0]}.split({list(attrs['sizes'])}, dim=-1)",
     "init_state": _init_state,
+    **SIMPLE_LOWERINGS,
 }
 
 
