@@ -658,6 +658,8 @@ class _Forward:
             terms.append(str(offset))
         for var, stride in strides:
             var = self.vars.get(var, var)
+            if var == "0":  # the index of a loop that runs at most once (an `if`)
+                continue
             terms.append(var if stride == 1 else f"{var} * {stride}")
         return " + ".join(terms)
 
@@ -713,8 +715,13 @@ class _Forward:
             else:
                 self.namer.name[vid] = self.namer.name[node.inputs[k]]
         halt = node.attr("halt")
-        n = _count_code(count, self._scalar_names())
-        header = self._for_header(node, var, n)
+        condition = _condition(count) if halt is None else None
+        outer_var = self.vars.get(var)
+        if condition is not None:  # runs once or not at all: an `if`, its index 0
+            self.vars[var] = "0"
+            header = f"if {_condition_code(condition, self._scalar_names())}:"
+        else:
+            header = self._for_header(node, var, _count_code(count, self._scalar_names()))
         if halt is not None:
             state = names[halt[0]]
             halter = self._scratch(f"halt:{node.outs[0]}", "halt", start, end)
@@ -729,6 +736,8 @@ class _Forward:
         opened = len(self.lines)
         self._graph(body, ind + INDENT)
         self.region = outer
+        if outer_var is not None:
+            self.vars[var] = outer_var
         results = [self.namer.name[v] for v in body.outputs]
         if results != names:
             self.lines.append(f"{ind}{INDENT}{', '.join(names)} = {', '.join(results)}")
@@ -770,7 +779,8 @@ class _Forward:
                 if any(_slot_uses_var(n, var) for n in nodes):
                     return f"for {self.vars[var]}, {item} in enumerate(self.{label}):"
                 return f"for {item} in self.{label}:"
-        return f"for {self.vars[var]} in range({count}):"
+        index = self.vars[var] if _reads_var(node.body, var) else "_"
+        return f"for {index} in range({count}):"
 
 
 def _check_types(method: str, node: Node, names: list[str]) -> str:
@@ -815,6 +825,17 @@ def _uses_var(node: Node, var: str) -> bool:
     return any(var in scalar.free(t, "var") for t in _trees(node))
 
 
+def _reads_var(graph: Graph, var: str) -> bool:
+    """Does a loop body read its loop variable at all (a slot, an index, a scalar)?"""
+    for node in _walk(graph):
+        refs = [node.ref] + [v for _, v in node.attrs if isinstance(v, Ref)]
+        if any(idx == var for ref in refs if ref is not None for _, idx in ref.path):
+            return True
+        if _uses_var(node, var) or _slot_uses_var(node, var):
+            return True
+    return False
+
+
 def _trees(node: Node) -> list[tuple]:
     """Run-time scalar trees a node reads (a scale's factor, a loop's count)."""
     out = []
@@ -828,14 +849,45 @@ def _trees(node: Node) -> list[tuple]:
 
 
 def _count_code(count, names: dict) -> str:
+    """A loop's trip count as Python: `4`, `r`, `2 if step >= self.onset else 0` for a
+    whole number of iterations switched by `after(...)`, else `int(...)` of the tree."""
     if count.expr is None:
         return str(count.value)
     if count.param is not None:
         return names[("param", count.param)]
     expr = count.expr
+    gated = _gated(expr)
+    if gated is not None:
+        times, condition = gated
+        return f"{times} if {_condition_code(condition, names)} else 0"
     if expr[0] == "call" and expr[1] == "float":  # after(onset) as a count: 0 or 1
         expr = expr[2]
     return f"int({scalar.code(expr, names)})"
+
+
+def _condition(count) -> tuple | None:
+    """The comparison of a count that is 1 or 0 (`loop after(onset)`), else None."""
+    expr = count.expr
+    if expr is not None and expr[0] == "call" and expr[1] == "float" and expr[2][0] == "cmp":
+        return expr[2]
+    return None
+
+
+def _gated(expr: tuple) -> tuple[int, tuple] | None:
+    """(n, comparison) for a count `n * after(...)` with a whole, static n."""
+    if expr[0] != "bin" or expr[1] != "*":
+        return None
+    for times, flag in ((expr[2], expr[3]), (expr[3], expr[2])):
+        if times[0] == "num" and type(times[1]) is int and flag[0] == "call" \
+                and flag[1] == "float" and flag[2][0] == "cmp":
+            return times[1], flag[2]
+    return None
+
+
+def _condition_code(cmp: tuple, names: dict) -> str:
+    """`step >= self.onset`: a comparison without the parentheses scalar.code adds."""
+    _, op, left, right = cmp
+    return f"{scalar.code(left, names)} {op} {scalar.code(right, names)}"
 
 
 def _literal(v) -> str:
