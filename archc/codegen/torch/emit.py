@@ -252,6 +252,9 @@ class _ClassEmitter:
         self.block = block
         self.program = ctx.program
         self.is_root = block.cls == self.program.root
+        taken = {name for name, _ in block.modules} | set(block.attrs) | \
+            {"step", "scan_mode"} | set(self.rotary_attrs().values())
+        self.slots = tidy.SlotConstants(taken, relative=not self.is_root)
 
     def emit(self) -> str:
         lines = [f"class {self.ctx.class_names[self.block.cls]}(nn.Module):"]
@@ -260,14 +263,13 @@ class _ClassEmitter:
         kind = "model" if self.is_root else "block"
         lines.append(f"{INDENT}{docstring(f'{kind} {self.block.name}{where}')}")
         lines.append("")
-        lines += self._init()
-        lines.append("")
+        methods = self._init() + [""]
         plan = plan_scan(self.block)
         if plan is None:
-            lines += _Forward(self).emit()
+            methods += _Forward(self).emit()
         else:
-            lines += self._scan(plan)
-        return "\n".join(lines)
+            methods += self._scan(plan)
+        return "\n".join(lines + self.slots.lines(INDENT) + methods)
 
     def _scan(self, plan) -> list[str]:
         """A block whose attention reads its own past output runs as a scan over
@@ -651,16 +653,27 @@ class _Forward:
         return out
 
     def _slot(self, node: Node) -> str:
-        """The cache slot of a kv_cache node, or the slot base passed to a call."""
+        """The cache slot of a kv_cache node, or the slot base passed to a call. Where a
+        loop index moves it, its first slot and its stride are named constants of the
+        class (`self.CODA_SLOT + i`); a lone number is a slot as it stands."""
         offset, strides = node.attr("slot")
+        # the index of a loop that runs at most once (an `if`) is 0
+        strides = [(var, n) for var, n in strides if self.vars.get(var, var) != "0"]
         terms = [] if self.cls.is_root else [self.local[_SLOT]]
-        if offset or not terms and not strides:
+        ref = node.ref or next((v for _, v in node.attrs if isinstance(v, Ref)), None)
+        hint = tidy.slot_hint(ref.path if ref is not None else ())
+        label = tidy.path_text(ref.path) if ref is not None else "the kv cache"
+        if offset and strides:
+            note = f"where the slots of {label} begin"
+            terms.append(self.cls.slots.ref(f"{hint}_SLOT", offset, note))
+        elif offset or not terms and not strides:
             terms.append(str(offset))
         for var, stride in strides:
             var = self.vars.get(var, var)
-            if var == "0":  # the index of a loop that runs at most once (an `if`)
-                continue
-            terms.append(var if stride == 1 else f"{var} * {stride}")
+            if stride != 1:
+                note = f"slots of {label} per step of `{var}`"
+                var = f"{var} * {self.cls.slots.ref(f'{hint}_STRIDE', stride, note)}"
+            terms.append(var)
         return " + ".join(terms)
 
     def _expr(self, node: Node, args: list[str]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 
 from ..escape import literal
+from ..namespace import Namespace
 
 # The imports a generated module may need, by the name each binds, in file order.
 IMPORTS = (
@@ -77,3 +78,54 @@ def imports(body: str) -> list[str]:
     if RUNTIME_IMPORT[0] in used:
         lines += ([""] if lines else []) + [RUNTIME_IMPORT[1]]
     return lines
+
+
+class SlotConstants:
+    """The KV-cache slot arithmetic of one generated class, with names.
+
+    `self.core_block(s, e, rope, cache, self.CORE_BLOCK_SLOT + it * self.CORE_BLOCK_STRIDE)`
+    says where the slots come from; `2 + it * 4` does not. The names are class attributes
+    (constants of the class, as a hand-written module keeps them), so no local of any
+    method can shadow them; they are kept apart from the class's other attributes
+    (instances, labels, block params) by a namespace. The same (name, value) is one
+    constant, asked for twice."""
+
+    def __init__(self, taken: set[str], relative: bool):
+        self.relative = relative  # a block: offsets count from the `slot` its caller gives
+        self.ns = Namespace(taken)
+        self.defined: list[tuple[str, int, str]] = []
+
+    def ref(self, hint: str, value: int, note: str) -> str:
+        """`self.NAME` for a constant holding `value`; `note` says what it counts."""
+        key = (hint, value)
+        if key not in self.ns:
+            self.defined.append((self.ns.create(hint, key), value, note))
+        return f"self.{self.ns[key]}"
+
+    def lines(self, indent: str) -> list[str]:
+        """The class-body statements that define the constants (none if none is used)."""
+        if not self.defined:
+            return []
+        head = ("# KV-cache slots, counted from `slot` (the first one the caller gives "
+                "this block)" if self.relative else
+                "# KV-cache slots (the layout of new_cache) that forward addresses")
+        return ([f"{indent}{head}"]
+                + [f"{indent}{name} = {value}  # {note}" for name, value, note in self.defined]
+                + [""])
+
+
+def slot_hint(path) -> str:
+    """The constant name stem for a module path: `core_block` -> CORE_BLOCK,
+    `blocks[1]` -> BLOCKS_1, `shared[b]` -> SHARED (the index is the loop's)."""
+    parts = []
+    for name, idx in path:
+        parts.append(name)
+        if isinstance(idx, int):
+            parts.append(str(idx))
+    stem = "_".join(parts).upper()
+    return stem if stem.isidentifier() and stem.isascii() else "KV"
+
+
+def path_text(path) -> str:
+    """A module path for a comment: `blocks[1]`; `shared` for `shared[b]` (a loop's)."""
+    return ".".join(f"{name}[{idx}]" if isinstance(idx, int) else name for name, idx in path)
