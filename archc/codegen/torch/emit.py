@@ -18,6 +18,7 @@ from ...ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Progra
 from ...init import runtime_inits
 from ..namespace import PYTHON_RESERVED, Namespace
 from . import tidy
+from .wrap import wrap_source
 from ... import scalar
 from ...ops import PRIMS
 from ...analysis.scan import plan_scan
@@ -42,7 +43,7 @@ def generate(program: Program, check_shapes: bool = False) -> str:
     ctx.check_shapes = check_shapes
     classes = [_ClassEmitter(ctx, program.classes[cls]).emit() for cls in class_order(program)]
     body = "\n\n\n".join(classes).rstrip() + "\n"
-    return _header(program, tidy.imports(body)) + "\n\n\n" + body
+    return wrap_source(_header(program, tidy.imports(body)) + "\n\n\n" + body)
 
 
 def class_names(program: Program) -> dict[str, str]:
