@@ -729,11 +729,11 @@ class _Forward:
             else:
                 self.namer.name[vid] = self.namer.name[node.inputs[k]]
         halt = node.attr("halt")
-        condition = _condition(count) if halt is None else None
+        condition = tidy.condition(count) if halt is None else None
         outer_var = self.vars.get(var)
         if condition is not None:  # runs once or not at all: an `if`, its index 0
             self.vars[var] = "0"
-            header = f"if {_condition_code(condition, self._scalar_names())}:"
+            header = f"if {tidy.condition_code(condition, self._scalar_names())}:"
         else:
             header = self._for_header(node, var, _count_code(count, self._scalar_names()))
         if halt is not None:
@@ -870,38 +870,13 @@ def _count_code(count, names: dict) -> str:
     if count.param is not None:
         return names[("param", count.param)]
     expr = count.expr
-    gated = _gated(expr)
+    gated = tidy.gated(expr)
     if gated is not None:
         times, condition = gated
-        return f"{times} if {_condition_code(condition, names)} else 0"
+        return f"{times} if {tidy.condition_code(condition, names)} else 0"
     if expr[0] == "call" and expr[1] == "float":  # after(onset) as a count: 0 or 1
         expr = expr[2]
     return f"int({scalar.code(expr, names)})"
-
-
-def _condition(count) -> tuple | None:
-    """The comparison of a count that is 1 or 0 (`loop after(onset)`), else None."""
-    expr = count.expr
-    if expr is not None and expr[0] == "call" and expr[1] == "float" and expr[2][0] == "cmp":
-        return expr[2]
-    return None
-
-
-def _gated(expr: tuple) -> tuple[int, tuple] | None:
-    """(n, comparison) for a count `n * after(...)` with a whole, static n."""
-    if expr[0] != "bin" or expr[1] != "*":
-        return None
-    for times, flag in ((expr[2], expr[3]), (expr[3], expr[2])):
-        if times[0] == "num" and type(times[1]) is int and flag[0] == "call" \
-                and flag[1] == "float" and flag[2][0] == "cmp":
-            return times[1], flag[2]
-    return None
-
-
-def _condition_code(cmp: tuple, names: dict) -> str:
-    """`step >= self.onset`: a comparison without the parentheses scalar.code adds."""
-    _, op, left, right = cmp
-    return f"{scalar.code(left, names)} {op} {scalar.code(right, names)}"
 
 
 def _literal(v) -> str:

@@ -1,14 +1,17 @@
 """Small pieces of generated source that a careful author would write by hand.
 
 A cache layout of 260 equal slots reads `[(4, 16)] * 260`, not 2,357 characters of
-tuples; a module imports only what its code uses. Each helper returns source text
-that evaluates to exactly what the naive form did, so numerics cannot change.
+tuples; a module imports only what its code uses; slot arithmetic has names
+(`self.CODA_SLOT + i`, not `258 + i`); a loop that runs once or not at all is an `if`.
+Each helper returns source text that evaluates to exactly what the naive form did, so
+numerics cannot change (bench/logits_digest.py shows it).
 """
 
 from __future__ import annotations
 
 import ast
 
+from ... import scalar
 from ..escape import literal
 from ..namespace import Namespace
 
@@ -129,3 +132,31 @@ def slot_hint(path) -> str:
 def path_text(path) -> str:
     """A module path for a comment: `blocks[1]`; `shared` for `shared[b]` (a loop's)."""
     return ".".join(f"{name}[{idx}]" if isinstance(idx, int) else name for name, idx in path)
+
+
+# ----------------------------------------------------------------------------- loop counts
+
+
+def condition(count) -> tuple | None:
+    """The comparison of a count that is 1 or 0 (`loop after(onset)`), else None."""
+    expr = count.expr
+    if expr is not None and expr[0] == "call" and expr[1] == "float" and expr[2][0] == "cmp":
+        return expr[2]
+    return None
+
+
+def gated(expr: tuple) -> tuple[int, tuple] | None:
+    """(n, comparison) for a count `n * after(...)` with a whole, static n."""
+    if expr[0] != "bin" or expr[1] != "*":
+        return None
+    for times, flag in ((expr[2], expr[3]), (expr[3], expr[2])):
+        if times[0] == "num" and type(times[1]) is int and flag[0] == "call" \
+                and flag[1] == "float" and flag[2][0] == "cmp":
+            return times[1], flag[2]
+    return None
+
+
+def condition_code(cmp: tuple, names: dict) -> str:
+    """`step >= self.onset`: a comparison without the parentheses scalar.code adds."""
+    _, op, left, right = cmp
+    return f"{scalar.code(left, names)} {op} {scalar.code(right, names)}"
