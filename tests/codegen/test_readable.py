@@ -19,7 +19,7 @@ import archc
 from archc import api
 from archc.codegen.torch import emit, generate
 from archc.codegen.torch.tidy import repeated_list
-from archc.codegen.torch.wrap import wrap_line, wrap_source
+from archc.codegen.torch.wrap import _bracketed_lines, wrap_line, wrap_source
 
 SPECS = sorted(Path("specs").glob("*.arch"))
 CASES = [(path, mode) for path in SPECS for mode in ("train", "infer")]
@@ -126,6 +126,23 @@ def test_generated_module_reads_like_hand_written(sources, path, mode):
     assert dead_locals(tree) == []
     assert ast.dump(tree) == ast.dump(ast.parse(plain)), "wrapping changed the code"
     assert wrap_source(plain) == source
+    code = {row for row, line in enumerate(plain.split("\n"))
+            if line.strip() and not line.lstrip().startswith("#")}
+    assert _bracketed_lines(plain) & code == continuation_lines(ast.parse(plain)) & code
+
+
+def continuation_lines(tree: ast.Module) -> set[int]:
+    """0-based indexes of the lines of a statement after its first (bracketed lines),
+    and for a def or class the comment lines before its first statement."""
+    out: set[int] = set()
+    for stmt in ast.walk(tree):
+        if not isinstance(stmt, ast.stmt):
+            continue
+        blocks = [b for b in (getattr(stmt, "body", None), getattr(stmt, "orelse", None))
+                  if isinstance(b, list) and b]
+        end = blocks[0][0].lineno - 1 if blocks else stmt.end_lineno
+        out.update(range(stmt.lineno, end))
+    return out
 
 
 @pytest.mark.parametrize("name", ["huginn", "sgt", "slab"])

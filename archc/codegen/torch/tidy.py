@@ -9,7 +9,7 @@ numerics cannot change (bench/logits_digest.py shows it).
 
 from __future__ import annotations
 
-import ast
+import re
 
 from ... import scalar
 from ..escape import literal
@@ -74,13 +74,18 @@ def _plain(items: list) -> str:
 def imports(body: str) -> list[str]:
     """The import lines of a module whose code (everything after the imports) is `body`:
     only those whose name the code reads. The names are the generated globals
-    (emit.GENERATED_GLOBALS), which no spec name can take, so a read is a use."""
-    used = {node.id for node in ast.walk(ast.parse(body))
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    (emit.GENERATED_GLOBALS), which no spec name can take, and the code reads each one
+    as `name.attribute`; comment lines (spec text) are skipped, so what is left is code
+    and the string literals of messages, where a stray match costs an import at most."""
+    code = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("#"))
+    used = set(_GLOBAL_READ.findall(code))
     lines = [line for name, line in IMPORTS if name in used]
     if RUNTIME_IMPORT[0] in used:
         lines += ([""] if lines else []) + [RUNTIME_IMPORT[1]]
     return lines
+
+
+_GLOBAL_READ = re.compile(r"(?<![\w.])(torch|F|nn|rt)\.")
 
 
 class SlotConstants:
