@@ -735,7 +735,7 @@ class _Forward:
             self.vars[var] = "0"
             header = f"if {tidy.condition_code(condition, self._scalar_names())}:"
         else:
-            header = self._for_header(node, var, _count_code(count, self._scalar_names()))
+            header = self._for_header(node, var, tidy.count_code(count, self._scalar_names()))
         if halt is not None:
             state = names[halt[0]]
             halter = self._scratch(f"halt:{node.outs[0]}", "halt", start, end)
@@ -860,23 +860,6 @@ def _trees(node: Node) -> list[tuple]:
     if node.op == "loop" and count.expr is not None:
         out.append(count.expr)
     return out
-
-
-def _count_code(count, names: dict) -> str:
-    """A loop's trip count as Python: `4`, `r`, `2 if step >= self.onset else 0` for a
-    whole number of iterations switched by `after(...)`, else `int(...)` of the tree."""
-    if count.expr is None:
-        return str(count.value)
-    if count.param is not None:
-        return names[("param", count.param)]
-    expr = count.expr
-    gated = tidy.gated(expr)
-    if gated is not None:
-        times, condition = gated
-        return f"{times} if {tidy.condition_code(condition, names)} else 0"
-    if expr[0] == "call" and expr[1] == "float":  # after(onset) as a count: 0 or 1
-        expr = expr[2]
-    return f"int({scalar.code(expr, names)})"
 
 
 def _literal(v) -> str:

@@ -142,6 +142,23 @@ def path_text(path) -> str:
 # ----------------------------------------------------------------------------- loop counts
 
 
+def count_code(count, names: dict) -> str:
+    """A loop's trip count as Python: `4`, `r`, `2 if step >= self.onset else 0` for a
+    whole number of iterations switched by `after(...)`, else `int(...)` of the tree."""
+    if count.expr is None:
+        return str(count.value)
+    if count.param is not None:
+        return names[("param", count.param)]
+    expr = count.expr
+    switched = gated(expr)
+    if switched is not None:
+        times, cmp = switched
+        return f"{times} if {condition_code(cmp, names)} else 0"
+    if expr[0] == "call" and expr[1] == "float":  # after(onset) as a count: 0 or 1
+        expr = expr[2]
+    return f"int({scalar.code(expr, names)})"
+
+
 def condition(count) -> tuple | None:
     """The comparison of a count that is 1 or 0 (`loop after(onset)`), else None."""
     expr = count.expr
