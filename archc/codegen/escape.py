@@ -43,6 +43,7 @@ archc/codegen/namespace.py, which keeps them apart from the names the generated 
 | block, model                  | a class name, mangled (`F` -> `F_1`); archc.build and reparam look it up |
 | block run-time param          | `self.<name>`; the constructor argument is mangled     |
 | instance, label               | an attribute `self.<name>` = its state-dict key, kept; names of nn.Module's or the model's own attributes (`train`, `new_cache`) are an A010 error |
+| label or instance moved through KV-cache slots by a loop | a class constant `CODA_SLOT`, `CORE_BLOCK_STRIDE` (upper-cased), mangled around the class's other attributes (codegen/torch/tidy.py) |
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def test_three_calls_become_a_loop():
     (loop,) = loops(p)
     assert loop.attr("kind") == "loop" and loop.attr("count").value == 3
     code = source(archc.api.compile_program(archc.load(THREE_CALLS)))
-    assert "for i in range(3):\n            x = self.core(x)" in code
+    assert "for _ in range(3):\n            x = self.core(x)" in code  # the index is unused
     assert code.count("self.core(") == 1
 
 
