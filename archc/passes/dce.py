@@ -31,7 +31,7 @@ def _resolve_choices(graph: Graph, alias: dict[str, str]) -> Graph:
     return out
 
 
-def _sweep(graph: Graph) -> tuple[Graph, bool]:
+def sweep(graph: Graph) -> tuple[Graph, bool]:
     """Drop nodes none of whose outputs are used; loop bodies are swept on their own."""
     used = set(graph.outputs)
     keep: list[Node] = []
@@ -44,7 +44,7 @@ def _sweep(graph: Graph) -> tuple[Graph, bool]:
             changed = True
             continue
         if node.body is not None:
-            body, inner = _sweep(node.body)
+            body, inner = sweep(node.body)
             changed |= inner
             node = node.model_copy(update={"body": body})
         keep.append(node)
@@ -110,7 +110,8 @@ def _prune_selected(module: Module, entries: list[tuple]) -> Module | None:
     return module.model_copy(update={"items": tuple(items)})
 
 
-def _prune_block(block: BlockDef) -> BlockDef:
+def prune_block(block: BlockDef) -> BlockDef:
+    """The block without the modules its graph no longer calls (reparam prunes too)."""
     by_name = _by_name(_used_paths(block.graph, set()))
     modules = []
     for name, module in block.modules:
@@ -129,8 +130,8 @@ def dce(program: Program, options: PassOptions = DEFAULTS) -> Program:
             graph = _resolve_choices(graph, {})
         # One sweep is a fixpoint: nodes are in program order and it walks them last to
         # first, so each node is judged after every node that could read it.
-        graph, _changed = _sweep(graph)
-        classes[cls] = _prune_block(block.model_copy(update={"graph": graph}))
+        graph, _changed = sweep(graph)
+        classes[cls] = prune_block(block.model_copy(update={"graph": graph}))
     return program.model_copy(update={"classes": classes})
 
 

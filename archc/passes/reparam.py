@@ -31,7 +31,7 @@ from .. import scalar
 from ..ir import (BlockDef, Graph, Group, Leaf, Module, Node, Program, Ref, Stack, TensorType,
                   Weight, class_order)
 from .pipeline import DEFAULTS, Pass, PassOptions
-from .dce import _prune_block, _sweep
+from .dce import prune_block, sweep
 
 _NORMS = {"layernorm", "rmsnorm", "batchnorm", "repbn"}
 
@@ -596,10 +596,10 @@ def _rewrite(block: BlockDef) -> tuple[BlockDef, tuple]:
     graph.names = dict(block.graph.names)
     changed = True
     while changed:
-        graph, changed = _sweep(graph)
+        graph, changed = sweep(graph)
     new = block.model_copy(update={"graph": graph,
                                    "modules": tuple(c.modules.items())})
-    return _prune_block(new), tuple(c.recipes.items())
+    return prune_block(new), tuple(c.recipes.items())
 
 
 def reparam(program: Program, options: PassOptions = DEFAULTS) -> Program:
