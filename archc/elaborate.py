@@ -31,6 +31,7 @@ from .ir import (TOKENS, BlockDef, broadcast, BlockInst, Count, Graph, Group, Le
 from .analysis.scan import plan_scan
 from .ops import ADAPTERS, OPS
 from .ops.library import LoraAttrs, lora_scale, suggest
+from .identity.record import SpecOps, record_application
 
 
 @dataclass
@@ -266,6 +267,7 @@ class Elaborator:
         self.rope: dict[tuple[int, float], str] = {}
         self.globals: dict[str, Any] = {}
         self.param_info: dict[str, ParamInfo] = {}
+        self.spec_ops = SpecOps()  # each op application, for the architecture hash
         self._register_blocks()
         self._bind_params(params, param_spans or {})
 
@@ -370,7 +372,7 @@ class Elaborator:
         self.classes[cls] = block
         program = Program(name=self.model.name, file=self.model.span.file if self.model.span
                           else "<spec>", params=self.param_info, classes=self.classes,
-                          root=cls, rope=tuple(sorted(self.rope)))
+                          root=cls, rope=tuple(sorted(self.rope)), spec_ops=self.spec_ops)
         program = resolve_residual(program)  # residual projections' std from the depth
         self._check_params(program)
         return program
@@ -1164,7 +1166,9 @@ class ClassBuilder:
         attrs = self.validate(opdef, kwargs, spans, e.span)
         ctx = OpCtx(self, opdef, inst, e.span, spans, tensors)
         ctx.sigma = bool(getattr(attrs, "sigma", False))
+        first = self.gb.graph.next_key
         result = opdef.expand(ctx, *inputs, attrs)
+        record_application(self, first, opdef, inst, attrs, inputs, tensors, result)
         if inst is not None:
             module = ctx.module()
             if isinstance(module, Group) and not module.children:  # e.g. a tied head

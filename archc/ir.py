@@ -361,6 +361,9 @@ class Program(BaseModel):
     weight_groups: tuple[WeightGroup, ...] = ()
     # The unroll pass splices static loops into straight-line code when this is set.
     unroll: bool = False
+    # Set by the elaborator: each spec-level op application (archc/identity/record.py),
+    # what the architecture hash reads instead of the primitives the op expanded into.
+    spec_ops: Any = Field(default=None, exclude=True, repr=False)
 
     @property
     def model(self) -> BlockDef:
