@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .. import scalar
 from ..ir import BlockDef, BlockInst, Count, Graph, Group, Leaf, Module, Node, Program, Ref, Stack
 from ..ops import OPS
 
@@ -42,9 +43,6 @@ VERSION = "archc-hash/2"
 
 # Node attributes that only name things: dropped.
 _NAME_ATTRS = frozenset({"label"})
-# The node kinds of an archc.scalar tree (a run-time scalar: loop index, run-time param,
-# block attribute, arithmetic and schedules over them).
-_TREE_KINDS = frozenset({"num", "var", "param", "attr", "bin", "cmp", "neg", "call"})
 
 
 @dataclass
@@ -89,7 +87,7 @@ def _count(text: str) -> int:
 
 def _is_tree(value: Any) -> bool:
     return (isinstance(value, tuple) and len(value) >= 2 and isinstance(value[0], str)
-            and value[0] in _TREE_KINDS)
+            and value[0] in scalar.KINDS)
 
 
 def _tree_params(value: Any):
@@ -245,6 +243,7 @@ class _Forms:
         self.digests: dict[str, str] = {}
         self.names: dict[str, _Names] = {}
         self.order: list[str] = []
+        self.gathered: dict[int, list] = {}
         self.runtime: dict[str, str] = {}
         self._number_runtime(program.root, set())
 
@@ -288,7 +287,13 @@ class _Forms:
 
     def items(self, cls: str, graph: Graph) -> list:
         """The graph's nodes, those of one op application gathered into one item at the
-        place of its first node."""
+        place of its first node (made once per graph: names and text both walk them)."""
+        key = id(graph)
+        if key not in self.gathered:
+            self.gathered[key] = self._gather(cls, graph)
+        return self.gathered[key]
+
+    def _gather(self, cls: str, graph: Graph) -> list:
         spec = self.spec_ops
         out: list = []
         open_: dict[int, _Application] = {}

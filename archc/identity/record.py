@@ -61,6 +61,8 @@ def record_application(cb, first: int, opdef, inst, attrs, inputs, tensors, resu
     defined: set[str] = set()
     for key in range(first, graph.next_key):
         node = graph.g.nodes[key]["node"]
+        if not node.outs:
+            continue  # defines nothing to be known by: hashed as a node of its own
         defined.update(node.outs)
         slots = tuple((k, roles[v]) for k, v in enumerate(node.inputs) if v in roles)
         ops.origins[(cb.cls, node.outs[0])] = Origin(app, slots, _own(node.ref, inst_path))
@@ -137,8 +139,10 @@ def _labels(result: Any, defined: set[str]) -> dict[str, tuple[str, ...]]:
 
     items = list(enumerate(result)) if isinstance(result, (tuple, list)) else [("out", result)]
     for label, value in items:
-        if hasattr(value, "id"):
-            add(value.id, str(label))
-            for name in sorted(getattr(value, "fields", {})):
-                add(value.fields[name].id, name if label == "out" else f"{label}.{name}")
+        if not hasattr(value, "id"):
+            continue
+        add(value.id, str(label))
+        for name, item in sorted(getattr(value, "fields", {}).items()):
+            if hasattr(item, "id"):
+                add(item.id, name if label == "out" else f"{label}.{name}")
     return out
