@@ -543,15 +543,23 @@ class _ClassText:
 
     def lora_target(self, key: str) -> str:
         """A LoRA adapter named by the linear it adapts (`lora of m1.q`), not by the order
-        in which the op expansions met their linears."""
+        in which the op expansions met their linears. Its linear is the nearest weight
+        before it that reads the same input (an adapter is applied right after it)."""
         if self.lora_targets is None:
             self.lora_targets = {}
             for graph in _graphs(self.block.graph):
-                nodes = graph.nodes
-                for prev, node in zip(nodes, nodes[1:]):
-                    if node.op == "lora" and node.ref is not None and prev.ref is not None:
-                        self.lora_targets[node.ref.path[-1][0]] = self.ref(prev.ref)
+                self._find_lora_targets(graph.nodes)
         return "lora of " + self.lora_targets.get(key, "?")
+
+    def _find_lora_targets(self, nodes: list[Node]) -> None:
+        for k, node in enumerate(nodes):
+            if node.op != "lora" or node.ref is None or not node.inputs:
+                continue
+            for prev in reversed(nodes[:k]):
+                if prev.ref is not None and prev.inputs[:1] == node.inputs[:1] and \
+                        not _is_adapter(self.block, prev.ref):
+                    self.lora_targets[node.ref.path[-1][0]] = self.ref(prev.ref)
+                    break
 
     def module(self, head: str, key: tuple[str, ...], m: Module | None, indent: str
                ) -> list[str]:

@@ -14,6 +14,7 @@ import pytest
 
 import archc
 from archc.cli import main
+from archc.elaborate import OpCtx
 from archc.identity import VERSION, architecture_hash, explain, normal_form, program_hash
 from archc.ir import walk
 from archc.ops import OPS
@@ -68,6 +69,29 @@ def test_rewriting_an_expansion_keeps_the_hash(path, monkeypatch):
     assert _prims(after) != _prims(before)  # the IR did change ...
     assert program_hash(after) != program_hash(before)  # ... and so did its expanded form
     assert architecture_hash(after) == architecture_hash(before)  # the architecture did not
+
+
+def _padded(emit):
+    """OpCtx.emit that follows every float primitive with a scale by one: every op's
+    expansion gets other primitives, computing exactly the same thing."""
+    def padded(self, prim, inputs, out_type, attrs=None, ref=None, hint=""):
+        y = emit(self, prim, inputs, out_type, attrs, ref, hint)
+        if out_type.dtype != "float":
+            return y
+        return emit(self, "scale", [y], out_type, {"by": 1.0}, hint=hint)
+    return padded
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_padding_every_expansion_keeps_the_hash(path, monkeypatch):
+    """All ops at once, on every spec: attention, moe, LoRA adapters, head loops, ..."""
+    before = _programs(path)
+    with monkeypatch.context() as m:
+        m.setattr(OpCtx, "emit", _padded(OpCtx.emit))
+        after = _programs(path)
+    assert len(_prims(after)) > len(_prims(before))
+    assert program_hash(after) != program_hash(before)
+    assert architecture_hash(after) == architecture_hash(before)
 
 
 def test_the_rewrite_computes_the_same_thing(rewritten, monkeypatch):
