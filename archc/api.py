@@ -116,8 +116,10 @@ def compile_program(spec: Spec, mode: str = "train", rewrites: tuple[str, ...] =
                              f"rewrites: {', '.join(REWRITES)}", code="A002")
     key = (mode, tuple(rewrites)) + (("unroll",) if unroll else ())
     if key not in spec.compiled:
+        # spec_ops records the elaborated graphs (for archc.hash); the passes rewrite them
         spec.compiled[key] = run_pipeline(spec.program.model_copy(
-            update={"mode": mode, "rewrites": tuple(rewrites), "unroll": unroll}))
+            update={"mode": mode, "rewrites": tuple(rewrites), "unroll": unroll,
+                    "spec_ops": None}))
     return spec.compiled[key]
 
 

@@ -40,6 +40,8 @@ from ..ir import BlockDef, BlockInst, Count, Graph, Group, Leaf, Module, Node, P
 from ..ops import OPS
 
 VERSION = "archc-hash/2"
+# The first line of the expanded form: never taken for an architecture hash.
+EXPANDED = "archc-expanded/2"
 
 # Node attributes that only name things: dropped.
 _NAME_ATTRS = frozenset({"label"})
@@ -68,8 +70,12 @@ class NormalForm:
 
 
 def normal_form(program: Program, contract: bool = True) -> NormalForm:
+    """The normal form of an elaborated program (`contract=False`: its expanded form)."""
+    if contract and program.spec_ops is None:
+        raise ValueError("the normal form reads the op applications the elaborator "
+                         "recorded: hash archc.load(spec).program, not a compiled program")
     forms = _Forms(program, contract)
-    root = VERSION + "\n" + forms.text(program.root)
+    root = (VERSION if contract else EXPANDED) + "\n" + forms.text(program.root)
     blocks = [(forms.digest(cls), forms.text(cls)) for cls in forms.order
               if cls != program.root]
     return NormalForm(blocks, root, _sha(root))

@@ -160,3 +160,16 @@ def test_explain_prints_the_normal_form_then_the_hash(capsys):
     assert not any(" = attend(" in line or " = merge_heads(" in line for line in lines)
     # local names do not appear: the spec's instance and value names are positions
     assert "core_block" not in out and "prelude" not in out
+
+
+def test_a_compiled_program_has_no_architecture_hash():
+    """The passes rewrite the graphs the record of op applications describes: hashing
+    their output would fold the wrong nodes, so it is refused (its expanded form is not)."""
+    spec = archc.load("specs/huginn.arch")
+    compiled = archc.api.compile_program(spec)
+    with pytest.raises(ValueError, match="compiled program"):
+        architecture_hash(compiled)
+    assert len(program_hash(compiled)) == 64
+    expanded = normal_form(spec.program, contract=False)
+    assert expanded.root.splitlines()[0] != VERSION  # never mistaken for the normal form
+    assert expanded.digest != architecture_hash(spec.program)
