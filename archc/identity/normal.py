@@ -57,13 +57,14 @@ class NormalForm:
     digest: str
 
     def explain(self) -> str:
-        """Every text with the hash it is known by, then the architecture hash."""
+        """Every text with the hash it is known by, then the architecture hash. A hash is
+        of the text's lines joined by newlines, with no newline at the end."""
         out = []
         for digest, text in self.blocks:
-            out.append(f"# block @{digest}: the SHA-256 of these {_count(text)} lines")
+            out.append(f"# block @{digest}: the SHA-256 of the {_count(text)} lines below")
             out.append(text)
-        out.append(f"# model: the architecture hash is the SHA-256 of these "
-                   f"{_count(self.root)} lines")
+        out.append(f"# model: the architecture hash is the SHA-256 of the "
+                   f"{_count(self.root)} lines below")
         out.append(self.root)
         out.append(self.digest)
         return "\n".join(out) + "\n"
