@@ -71,7 +71,7 @@ def stage_times(text: str, skip: set[str]) -> dict[str, float]:
     from archc.analysis.params import count_params
     from archc.codegen.torch import generate
     from archc.elaborate import Budget, elaborate
-    from archc.identity import program_hash
+    from archc.identity import architecture_hash
     from archc.passes import PIPELINE
     from archc.verify import verify
 
@@ -94,7 +94,7 @@ def stage_times(text: str, skip: set[str]) -> dict[str, float]:
     if "cost" not in skip:
         timed("cost", lambda: cost_of(program, seq=64))
     if "hash" not in skip:
-        timed("hash", lambda: program_hash(program))
+        timed("hash", lambda: architecture_hash(program))
     compiled = program
     for p in PIPELINE:
         if p.name in skip:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -302,18 +302,19 @@ class _Forms:
 
     def _gather(self, cls: str, graph: Graph) -> list:
         spec = self.spec_ops
+        origins = spec.origins.get(cls, {}) if spec else {}
         out: list = []
         open_: dict[int, _Application] = {}
         for node in graph.nodes:
-            origin = spec.origins.get((cls, node.outs[0])) if spec and node.outs else None
-            if origin is None or node.body is not None:
+            app = origins.get(node.outs[0]) if node.outs else None
+            if app is None or node.body is not None:
                 out.append(node)
                 continue
-            item = open_.get(origin.app)
+            item = open_.get(app)
             if item is None:
-                item = open_[origin.app] = _Application(spec.apps[origin.app])
+                item = open_[app] = _Application(spec.apps[app])
                 out.append(item)
-            item.nodes.append((node, origin))
+            item.nodes.append((node, item.records[node.outs[0]]))
         return out
 
     def text(self, cls: str) -> str:
@@ -330,12 +331,14 @@ class _Forms:
 
 # ----------------------------------------------------------------------------- one class
 
-@dataclass
 class _Application:
-    """The primitive nodes of one spec-level op application, as they sit in a graph."""
+    """The primitive nodes of one spec-level op application, as they sit in a graph:
+    (node, (input slots with their roles, parts of its ref inside the op's instance))."""
 
-    app: Any  # record.Application
-    nodes: list = field(default_factory=list)  # (Node, record.Origin)
+    def __init__(self, app):
+        self.app = app  # record.Application
+        self.records = {out: (dict(slots), own) for out, slots, own in app.nodes}
+        self.nodes: list = []
 
 
 class _ClassText:
@@ -471,8 +474,7 @@ class _ClassText:
         defined = {o for node, _ in item.nodes for o in node.outs}
         roles: dict[str, str] = {}
         unknown: list[str] = []
-        for node, origin in item.nodes:
-            slots = dict(origin.roles)
+        for node, (slots, _own) in item.nodes:
             for k, v in enumerate(node.inputs):
                 if k in slots:
                     for role in slots[k]:
@@ -482,12 +484,11 @@ class _ClassText:
         inputs = [roles[r] if r.isdigit() else f"{r}={roles[r]}"
                   for r in sorted(roles, key=_role_order)]
         inputs += [f"?={v}" for v in unknown]  # read by no role: should not happen
-        attrs = {name: self.spec_value(getattr(item.app.attrs, name))
-                 for name in sorted(type(item.app.attrs).model_fields)}
+        attrs = {name: self.value(value) for name, value in item.app.attrs}
         refs = self.application_refs(item)
         outs = []
         labels = sorted(((sorted(ls, key=_role_order), vid) for vid, ls in
-                         item.app.labels.items() if vid in defined),
+                         item.app.labels if vid in defined),
                         key=lambda lv: [_role_order(x) for x in lv[0]])
         for names, vid in labels:
             named = "" if names == ["out"] else "|".join(names) + "="
@@ -499,20 +500,6 @@ class _ClassText:
         out = f" @{self.ref(own)}" if own is not None else ""
         names = sorted({self.ref(u) for u in uses})
         return out + (f" uses=[{', '.join('@' + u for u in names)}]" if names else "")
-
-    def spec_value(self, value: Any) -> Any:
-        """An op attribute as the spec resolved it: run-time scalars as their trees, an
-        instance by its op (the nodes' refs say which one)."""
-        if hasattr(value, "tree"):  # elaborate.RuntimeScalar
-            return self.value(value.tree)
-        if hasattr(value, "template") and hasattr(value, "ref"):  # elaborate.Inst
-            return {"instance": value.template}
-        if hasattr(value, "default") and hasattr(value, "name") and \
-                not isinstance(value, BaseModel):  # elaborate.RuntimeParam
-            return self.value(("param", value.name))
-        if isinstance(value, (tuple, list)):
-            return [self.spec_value(v) for v in value]
-        return self.value(value)
 
     # ------------------------------------------------------------------ refs
 
@@ -611,13 +598,13 @@ def _application_refs(item: _Application, block: BlockDef) -> tuple[Ref | None, 
     reruns). LoRA adapters are left out: the class's weight tree holds them."""
     own = None
     uses: list[Ref] = []
-    for node, origin in item.nodes:
+    for node, (_slots, inside) in item.nodes:
         found = [node.ref] if node.ref is not None else []
         found += [v for _k, v in node.attrs if isinstance(v, Ref)]
         for k, ref in enumerate(found):
-            if k == 0 and origin.own is not None:
+            if k == 0 and inside is not None:
                 if own is None:
-                    own = Ref(path=ref.path[:len(ref.path) - origin.own])
+                    own = Ref(path=ref.path[:len(ref.path) - inside])
             elif not _is_adapter(block, ref) and ref not in uses:
                 uses.append(ref)
     return own, uses

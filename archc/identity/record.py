@@ -17,34 +17,32 @@ right when a spliced iteration renames the values a primitive reads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+# A primitive of an application: its first output value, its input slots with the op's
+# input roles they carry ((slot, roles), ...), and how many parts of its ref lie inside
+# the op's own instance (None: another instance's weights).
+NodeRecord = tuple[str, tuple[tuple[int, tuple[str, ...]], ...], "int | None"]
 
 
-@dataclass(frozen=True)
-class Application:
-    """One call of a spec-level op: `attrs` is its validated attribute model."""
+class Application(NamedTuple):
+    """One call of a spec-level op, in plain values only: tuples of strings and numbers,
+    which the garbage collector stops tracking, so a spec of 100k applications does not
+    slow every collection down."""
 
     op: str
-    attrs: Any
-    labels: dict[str, tuple[str, ...]]  # value the expansion defined -> its output names
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Which application a primitive node belongs to, and what its inputs are there."""
-
-    app: int
-    roles: tuple[tuple[int, tuple[str, ...]], ...]  # (input slot, the op's input roles)
-    own: int | None  # parts of its ref inside the op's own instance; None: not its own
+    attrs: tuple[tuple[str, Any], ...]  # the validated attributes, every field, by name
+    labels: tuple[tuple[str, tuple[str, ...]], ...]  # value defined -> its output names
+    nodes: tuple[NodeRecord, ...]
 
 
 @dataclass
 class SpecOps:
-    """Every application in a program, and the origin of every node they emitted, keyed
-    by (class, the node's first output value)."""
+    """Every application in a program; per class, the application each primitive node
+    belongs to, keyed by the node's first output value."""
 
     apps: list[Application] = field(default_factory=list)
-    origins: dict[tuple[str, str], Origin] = field(default_factory=dict)
+    origins: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def record_application(cb, first: int, opdef, inst, attrs, inputs, tensors, result) -> None:
@@ -56,17 +54,44 @@ def record_application(cb, first: int, opdef, inst, attrs, inputs, tensors, resu
     ops = cb.el.spec_ops
     graph = cb.gb.graph
     app = len(ops.apps)
+    origins = ops.origins.setdefault(cb.cls, {})
     roles = _resolved_roles(cb, inputs, tensors)
     inst_path = _names(inst.ref) if inst is not None else None
     defined: set[str] = set()
+    nodes = []
     for key in range(first, graph.next_key):
         node = graph.g.nodes[key]["node"]
         if not node.outs:
             continue  # defines nothing to be known by: hashed as a node of its own
         defined.update(node.outs)
         slots = tuple((k, roles[v]) for k, v in enumerate(node.inputs) if v in roles)
-        ops.origins[(cb.cls, node.outs[0])] = Origin(app, slots, _own(node.ref, inst_path))
-    ops.apps.append(Application(opdef.name, attrs, _labels(result, defined)))
+        nodes.append((node.outs[0], slots, _own(node.ref, inst_path)))
+        origins[node.outs[0]] = app
+    ops.apps.append(Application(opdef.name, _plain_attrs(attrs), _labels(result, defined),
+                                tuple(nodes)))
+
+
+def _plain_attrs(attrs) -> tuple[tuple[str, Any], ...]:
+    """Every field of an op's attribute model, the elaborator's values made plain: a
+    run-time scalar as its tree, a run-time param as ("param", name), an instance (a tied
+    embed) as {"instance": op} (the nodes' refs say which one)."""
+    return tuple((name, v if type(v) in _ATOMIC else _plain(v))
+                 for name, v in sorted(attrs.__dict__.items()))  # a model's fields
+
+
+_ATOMIC = frozenset({type(None), bool, int, float, str})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v) for v in value)
+    if hasattr(value, "tree"):  # RuntimeScalar
+        return value.tree
+    if hasattr(value, "template") and hasattr(value, "ref"):  # Inst
+        return {"instance": value.template}
+    if type(value).__name__ == "RuntimeParam":
+        return ("param", value.name)
+    return value
 
 
 def _names(ref) -> tuple[str, ...]:
@@ -128,7 +153,7 @@ def _current_id(cb, tv) -> str | None:
     return vid
 
 
-def _labels(result: Any, defined: set[str]) -> dict[str, tuple[str, ...]]:
+def _labels(result: Any, defined: set[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """Output names of the values the expansion defined: "out" for the result (or "0",
     "1", ... for a list of results), and each field's name."""
     out: dict[str, tuple[str, ...]] = {}
@@ -145,4 +170,4 @@ def _labels(result: Any, defined: set[str]) -> dict[str, tuple[str, ...]]:
         for name, item in sorted(getattr(value, "fields", {}).items()):
             if hasattr(item, "id"):
                 add(item.id, name if label == "out" else f"{label}.{name}")
-    return out
+    return tuple(out.items())
