@@ -503,7 +503,9 @@ class _ClassText:
 
     # ------------------------------------------------------------------ refs
 
-    def ref(self, ref: Ref) -> str:
+    def ref(self, ref: Ref, indices: bool = True) -> str:
+        """A ref with canonical names (`m1[v0].q`); without its indices when the loop
+        variables they name are out of scope."""
         out = []
         names = self.names
         key: tuple[str, ...] = ()
@@ -517,9 +519,9 @@ class _ClassText:
                 part = names.canon(key, name)
             else:
                 part = f"?{name}"
-            if isinstance(idx, int):
+            if isinstance(idx, int) and indices:
                 part += f"[{idx}]"
-            elif isinstance(idx, str):
+            elif isinstance(idx, str) and indices:
                 part += f"[{self.var(idx)}]"
             out.append(part)
             module = _child(block, module, name, depth)
@@ -552,7 +554,8 @@ class _ClassText:
             for prev in reversed(nodes[:k]):
                 if prev.ref is not None and prev.inputs[:1] == node.inputs[:1] and \
                         not _is_adapter(self.block, prev.ref):
-                    self.lora_targets[node.ref.path[-1][0]] = self.ref(prev.ref)
+                    # by names only, as the adapter's own key is
+                    self.lora_targets[node.ref.path[-1][0]] = self.ref(prev.ref, indices=False)
                     break
 
     def module(self, head: str, key: tuple[str, ...], m: Module | None, indent: str

@@ -173,3 +173,32 @@ def test_a_compiled_program_has_no_architecture_hash():
     expanded = normal_form(spec.program, contract=False)
     assert expanded.root.splitlines()[0] != VERSION  # never mistaken for the normal form
     assert expanded.digest != architecture_hash(spec.program)
+
+
+ADAPTED_STACK = """model lr(d: int = 16)
+
+block blk(x) {
+  for i in 0..2 as stack {
+    x = x + linear(x, out=d)
+  }
+  return x
+}
+
+let emb = embed(vocab=32, dim=d)
+x = emb(tokens)
+let core = blk()
+loop j in 2 {
+  x = core(x) with lora(rank=1)
+}
+return lm_head(x, vocab=32)
+"""
+
+
+def test_lora_on_a_stack_inside_a_block_renames_freely():
+    """A LoRA adapter is named by the linear it adapts, whose ref here is indexed by the
+    block's own loop variable (found by bench/fuzz.py's generator, seed 878)."""
+    out = explain(_programs(ADAPTED_STACK))
+    assert "?" not in out and "lora of m0:" in out
+    renamed = (ADAPTED_STACK.replace("for i in", "for k in").replace("as stack", "as deep")
+               .replace("core", "c2").replace("loop j", "loop q"))
+    assert archc.hash(renamed) == archc.hash(ADAPTED_STACK)
