@@ -107,7 +107,9 @@ def compile_program(spec: Spec, mode: str = "train", rewrites: tuple[str, ...] =
 
     pipeline = default_pipeline(mode, rewrites, unroll)  # A002 for a bad mode or rewrite
     if pipeline.options not in spec.compiled:
-        spec.compiled[pipeline.options] = pipeline.run(spec.program)
+        # spec_ops records the elaborated graphs (for archc.hash); the passes rewrite them
+        spec.compiled[pipeline.options] = pipeline.run(
+            spec.program.model_copy(update={"spec_ops": None}))
     return spec.compiled[pipeline.options]
 
 
@@ -166,10 +168,11 @@ def spec_cost(spec: "str | Path | Spec", seq: int = 2048, batch: int = 1, **para
 
 def spec_hash(spec: "str | Path | Spec", **params: Any) -> str:
     """The canonical architecture hash (64 hex digits) of a spec at one binding of its
-    params: stable across formatting, comments and renaming (see archc/identity.py)."""
-    from .identity import program_hash
+    params: stable across formatting, comments, renaming and changes to how an op expands
+    (see archc/identity/__init__.py); its format is archc.identity.VERSION."""
+    from .identity import architecture_hash
 
-    return program_hash(load(spec, **params).program)
+    return architecture_hash(load(spec, **params).program)
 
 
 def format_spec(spec: "str | Path") -> str:

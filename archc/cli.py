@@ -181,9 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("hash", help="the canonical architecture hash of a spec",
                        description="Print the spec's architecture hash (SHA-256 of its "
-                       "elaborated IR with every local name replaced by its position): "
-                       "formatting, comments and renaming do not change it; any change to "
+                       "normal form: each op application with its resolved options, every "
+                       "local name replaced by its position): formatting, comments, renaming "
+                       "and how the compiler expands an op do not change it; any change to "
                        "the architecture does. Does not import torch.")
+    p.add_argument("--explain", action="store_true",
+                   help="print the normal form that is hashed (its first line is the "
+                   "format version), then the hash")
     _common(p)
 
     p = sub.add_parser("backends", help="the backends and which prims each lowers",
@@ -528,9 +532,13 @@ def _fmt(args, parser) -> int:
 
 
 def _hash(args, parser) -> int:
-    from .identity import program_hash
+    from .identity import architecture_hash, explain
 
-    print(program_hash(_load(args, parser).program))
+    program = _load(args, parser).program
+    if args.explain:
+        sys.stdout.write(explain(program))
+        return 0
+    print(architecture_hash(program))
     return 0
 
 

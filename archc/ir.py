@@ -357,6 +357,9 @@ class Program(BaseModel):
     kv_layout: tuple[tuple[int, int], ...] = ()
     # Set by the share pass: every module applied more than once, and every tied weight.
     weight_groups: tuple[WeightGroup, ...] = ()
+    # Set by the elaborator: each spec-level op application (archc/identity/record.py),
+    # what the architecture hash reads instead of the primitives the op expanded into.
+    spec_ops: Any = Field(default=None, exclude=True, repr=False)
 
     @property
     def model(self) -> BlockDef:

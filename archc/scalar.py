@@ -20,6 +20,8 @@ Tree = tuple
 _BINARY = {"+", "-", "*", "/", "//", "%"}
 _COMPARE = {"<", "<=", ">", ">=", "==", "!="}
 _CALLS = {"min": 2, "max": 2, "float": 1, "int": 1}
+# Every kind of tree node (the first item of each tuple above).
+KINDS = frozenset({"num", "var", "param", "attr", "bin", "cmp", "neg", "call"})
 
 
 def num(x: float | int) -> Tree:

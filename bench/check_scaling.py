@@ -71,7 +71,7 @@ def stage_times(text: str, skip: set[str]) -> dict[str, float]:
     from archc.param_count import count_params
     from archc.codegen.torch import generate
     from archc.frontend import Budget, elaborate
-    from archc.identity import program_hash
+    from archc.identity import architecture_hash
     from archc.passes import default_pipeline
     from archc.verify import verify
 
@@ -94,7 +94,7 @@ def stage_times(text: str, skip: set[str]) -> dict[str, float]:
     if "cost" not in skip:
         timed("cost", lambda: cost_of(program, seq=64))
     if "hash" not in skip:
-        timed("hash", lambda: program_hash(program))
+        timed("hash", lambda: architecture_hash(program))
     compiled = program
     pipeline = default_pipeline()
     for p in pipeline.passes:

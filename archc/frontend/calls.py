@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from .. import syntax as S
 from ..errors import Span, fail
+from ..identity.record import record_application
 from ..init import choices_hint
 from ..ir import BlockInst, Group, Module
 from ..ops import ADAPTERS, OPS
@@ -158,7 +159,9 @@ class Calls:
         attrs = self.validate(opdef, kwargs, spans, e.span)
         ctx = OpCtx(self, opdef, inst, e.span, spans, tensors)
         ctx.sigma = bool(getattr(attrs, "sigma", False))
+        first = self.gb.graph.next_key
         result = opdef.expand(ctx, *inputs, attrs)
+        record_application(self, first, opdef, inst, attrs, inputs, tensors, result)
         if inst is not None:
             module = ctx.module()
             if isinstance(module, Group) and not module.children:  # e.g. a tied head

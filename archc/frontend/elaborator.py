@@ -14,6 +14,7 @@ from .. import limits, names, syntax as S
 from ..scan import plan_scan
 from ..errors import Span, fail
 from ..init import resolve_residual
+from ..identity.record import SpecOps
 from ..ir import TOKENS, BlockDef, ParamInfo, Program, TensorType
 from ..ops import OPS
 from .budget import Budget, OpCounting
@@ -41,6 +42,7 @@ class Elaborator(StaticEval, ParamBinding, OpCounting):
         self.rope: dict[tuple[int, float], str] = {}
         self.globals: dict[str, Any] = {}
         self.param_info: dict[str, ParamInfo] = {}
+        self.spec_ops = SpecOps()  # each op application, for the architecture hash
         self._register_blocks()
         self._bind_params(params, param_spans or {})
 
@@ -81,7 +83,7 @@ class Elaborator(StaticEval, ParamBinding, OpCounting):
         self.classes[cls] = block
         program = Program(name=self.model.name, file=self.model.span.file if self.model.span
                           else "<spec>", params=self.param_info, classes=self.classes,
-                          root=cls, rope=tuple(sorted(self.rope)))
+                          root=cls, rope=tuple(sorted(self.rope)), spec_ops=self.spec_ops)
         program = resolve_residual(program)  # residual projections' std from the depth
         self._check_params(program)
         return program
