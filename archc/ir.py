@@ -188,7 +188,12 @@ class Count(BaseModel):
 
 
 class Node(BaseModel):
-    """One op, block call or region. Produces the values named in `outs`."""
+    """One op, block call or region. Produces the values named in `outs`.
+
+    `meta` holds what a backend pass noted about the node (kvplan's cache `slot`, fuse's
+    `fusion` region): annotations, not meaning. Equality, hashing and CSE ignore them, so
+    two nodes computing the same value are equal however they were annotated (fx keeps
+    `Node.meta` out of the graph's structure for the same reason)."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
@@ -201,12 +206,32 @@ class Node(BaseModel):
     span: Span | None = Field(default=None, exclude=True)
     hint: str = ""
     body: "Graph | None" = None
+    meta: tuple[tuple[str, Any], ...] = Field(default=(), exclude=True)
 
     def attr(self, name: str, default: Any = None) -> Any:
         for k, v in self.attrs:
             if k == name:
                 return v
         return default
+
+    def annotation(self, name: str, default: Any = None) -> Any:
+        """A backend annotation (`slot`, `fusion`), or default if no pass set it."""
+        for k, v in self.meta:
+            if k == name:
+                return v
+        return default
+
+    def _structure(self) -> tuple:
+        """Every field but `meta`: what equality and hashing compare."""
+        return tuple(getattr(self, f) for f in type(self).model_fields if f != "meta")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Node):
+            return NotImplemented
+        return self._structure() == other._structure()
+
+    def __hash__(self) -> int:
+        return hash(self._structure())
 
 
 class Graph:
@@ -452,7 +477,8 @@ def format_graph(graph: Graph, indent: str = "  ") -> list[str]:
             lines.append(f"{indent}  yield {', '.join(node.body.outputs)}")
             lines.append(f"{indent}}} : {types}")
             continue
-        attrs = {k: v for k, v in node.attrs if k != "cls"}
+        attrs = {k: v for k, v in node.attrs + node.meta if k != "cls"}
+        attrs = dict(sorted(attrs.items()))  # annotations print among the attributes
         attr_text = ("{" + ", ".join(f"{k}={_format_attr(v)}" for k, v in attrs.items()) + "}"
                      if attrs else "")
         target = node.attr("cls") if node.op == "call" else node.op
@@ -551,6 +577,13 @@ def with_attrs(node: Node, **updates: Any) -> Node:
     attrs = dict(node.attrs)
     attrs.update(updates)
     return node.model_copy(update={"attrs": tuple(sorted(attrs.items()))})
+
+
+def annotate(node: Node, **updates: Any) -> Node:
+    """The node with backend annotations added to its `meta` (see Node)."""
+    meta = dict(node.meta)
+    meta.update(updates)
+    return node.model_copy(update={"meta": tuple(sorted(meta.items()))})
 
 
 def class_order(program: Program) -> list[str]:

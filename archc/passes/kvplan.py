@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..errors import Span
-from ..ir import Graph, Node, Program, class_order, with_attrs
+from ..ir import Graph, Node, Program, annotate, class_order
 from ..ops.prims import PRIMS
 from .pipeline import DEFAULTS, Pass, PassOptions
 
@@ -53,10 +53,10 @@ def _number(graph: Graph, counts: dict[str, int], offset: int,
     out = Graph(graph.inputs)
     for node in graph.nodes:
         if owns_slot(node):
-            node = with_attrs(node, slot=(offset, strides))
+            node = annotate(node, slot=(offset, strides))
             offset += 1
         elif node.op == "call" and counts[node.attr("cls")]:
-            node = with_attrs(node, slot=(offset, strides))
+            node = annotate(node, slot=(offset, strides))
             offset += counts[node.attr("cls")]
         elif node.op == "loop":
             per = _count(node.body, counts)
@@ -105,7 +105,7 @@ def slot_count(program: Program, cls: str) -> int:
 
 
 def node_slot(node: Node) -> Slot | None:
-    return node.attr("slot")
+    return node.annotation("slot")
 
 
 class DecodeBlocker(NamedTuple):

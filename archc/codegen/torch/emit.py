@@ -628,7 +628,7 @@ class _Forward:
 
     def _slot(self, node: Node) -> str:
         """The cache slot of a kv_cache node, or the slot base passed to a call."""
-        offset, strides = node.attr("slot")
+        offset, strides = node.annotation("slot")
         terms = [] if self.cls.is_root else [self.local[_SLOT]]
         if offset or not terms and not strides:
             terms.append(str(offset))
@@ -641,7 +641,7 @@ class _Forward:
         if node.op == "call":
             # a callee that reads the cache only for positions (init_state's noise) keeps
             # no slot of its own: any base will do
-            extra = [("0" if node.attr("slot") is None else self._slot(node)) if k == _SLOT
+            extra = [("0" if node.annotation("slot") is None else self._slot(node)) if k == _SLOT
                      else "cache" if k == _CACHE
                      else self.local[k] for k in self.ctx.needs(node.attr("cls"))]
             if node.attr("iteration"):
@@ -761,11 +761,11 @@ def _refuse_cache(program: Program, ind: str) -> list[str]:
 
 def _fills_cache(graph: Graph) -> bool:
     """Does a loop body store keys/values in KV-cache slots (kvplan numbered them)?"""
-    return any(n.attr("slot") is not None for n in _walk(graph))
+    return any(n.annotation("slot") is not None for n in _walk(graph))
 
 
 def _slot_uses_var(node: Node, var: str) -> bool:
-    slot = node.attr("slot")
+    slot = node.annotation("slot")
     return slot is not None and any(v == var for v, _ in slot[1])
 
 
