@@ -73,6 +73,23 @@ def _tree_params(value: Any):
             yield from _tree_params(part)
 
 
+def _facts(node: Node) -> tuple:
+    """A node's attributes with its typed Loop or Call as the (key, value) pairs they
+    were before they were typed, so archc-hash/1 stays what it was."""
+    pairs = list(node.attrs)
+    if node.loop is not None:
+        loop = node.loop
+        pairs += [("count", loop.count), ("kind", loop.kind), ("label", loop.label),
+                  ("var", loop.var)]
+        if loop.halt is not None:
+            pairs.append(("halt", (loop.halt.state, loop.halt.tol, loop.halt.per)))
+    if node.call is not None:
+        pairs.append(("cls", node.call.cls))
+        if node.call.iteration is not None:
+            pairs.append(("iteration", node.call.iteration))
+    return tuple(sorted(pairs, key=lambda kv: kv[0]))
+
+
 def program_hash(program: Program) -> str:
     """The architecture hash of an elaborated program: 64 hex digits."""
     h = _Hasher(program)
@@ -169,7 +186,7 @@ class _Hasher:
         seen.add(cls)
         for node in _walk(self.classes[cls].graph):
             names: list[str] = []
-            for _key, value in node.attrs:
+            for _key, value in _facts(node):
                 if isinstance(value, Count):
                     names += [value.param] if value.param else []
                     names += list(_tree_params(value.expr))
@@ -179,7 +196,7 @@ class _Hasher:
                 if name not in self.runtime:
                     self.runtime[name] = f"r{len(self.runtime)}"
             if node.op == "call":
-                self._number_runtime(node.attr("cls"), seen)
+                self._number_runtime(node.call.cls, seen)
 
     def class_names(self, cls: str) -> _Names:
         names = self.names.get(cls)
@@ -247,7 +264,7 @@ class _ClassSerializer:
         attrs = {}
         body = None
         if node.body is not None:
-            var = node.attr("var")
+            var = node.loop.var
             scope = {}
             if var is not None:
                 scope[var] = f"v{self.nvars}"
@@ -268,7 +285,7 @@ class _ClassSerializer:
 
     def attrs(self, node: Node) -> dict:
         out = {}
-        for key, value in node.attrs:
+        for key, value in _facts(node):
             if key in _NAME_ATTRS:
                 continue
             if key == "cls":

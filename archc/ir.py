@@ -187,8 +187,54 @@ class Count(BaseModel):
         return self.max if self.max is not None else self.value
 
 
+class Halt(BaseModel):
+    """A loop's halting rule, `until converged(s, tol=1e-3, per="token")`: the loop stops
+    once the carried value `state` (its index among the loop's carried values) changes by
+    less than `tol` (relative), judged per position (`per="token"`) or per sequence."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: int
+    tol: float
+    per: Literal["token", "sequence"]
+
+
+class Loop(BaseModel):
+    """What a `loop` node is: a `for` over a stack (`kind="for"`: each iteration indexes
+    its own weights) or a `loop` (one shared body, possibly a run-time count and a halting
+    rule). `var` is the IR name of its index, `label` the stack of its weights."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["for", "loop"]
+    var: str
+    count: Count
+    label: str
+    halt: Halt | None = None
+
+
+class Call(BaseModel):
+    """What a `call` node is: a call of the generated block class `cls`. `iteration`
+    names the loop variable that picks the callee's per-iteration adapters (`with`), or
+    is a literal index once a pass unrolled that loop."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cls: str
+    iteration: str | None = None
+
+
+# The closed set of node kinds that are not ops of the op table, and the typed field each
+# one must carry (the verifier checks both directions).
+REGION_KINDS = ("loop", "call")
+
+
 class Node(BaseModel):
     """One op, block call or region. Produces the values named in `outs`.
+
+    `op` is an op of the op table, or one of REGION_KINDS: a `loop` node carries its
+    `Loop` (and a `body`), a `call` node its `Call`; no other node carries either. An op's
+    own options stay in `attrs`.
 
     `meta` holds what a backend pass noted about the node (kvplan's cache `slot`, fuse's
     `fusion` region): annotations, not meaning. Equality, hashing and CSE ignore them, so
@@ -206,6 +252,8 @@ class Node(BaseModel):
     span: Span | None = Field(default=None, exclude=True)
     hint: str = ""
     body: "Graph | None" = None
+    loop: Loop | None = None
+    call: Call | None = None
     meta: tuple[tuple[str, Any], ...] = Field(default=(), exclude=True)
 
     def attr(self, name: str, default: Any = None) -> Any:
@@ -464,24 +512,26 @@ def format_graph(graph: Graph, indent: str = "  ") -> list[str]:
         args = ", ".join(node.inputs)
         types = ", ".join(str(t) for t in node.types)
         where = f"  # :{node.span.line}" if node.span else ""
-        if node.op == "loop":
-            kind = node.attr("kind")
-            count = _format_attr(node.attr("count"))
-            halt = node.attr("halt")
-            until = f" until converged(tol={halt[1]}, per={halt[2]})" if halt else ""
+        if node.loop is not None:
+            loop = node.loop
+            count = _format_attr(loop.count)
+            halt = loop.halt
+            until = f" until converged(tol={halt.tol}, per={halt.per})" if halt else ""
             ins = ", ".join(f"{v}: {t}" for v, t in node.body.inputs)
-            lines.append(f"{indent}{outs} = {kind} {node.attr('var')} in {count} "
-                         f"[{node.attr('label')}]{until}({args}) {{{where}")
+            lines.append(f"{indent}{outs} = {loop.kind} {loop.var} in {count} "
+                         f"[{loop.label}]{until}({args}) {{{where}")
             lines.append(f"{indent}  ({ins}) ->")
             lines.extend(format_graph(node.body, indent + "    "))
             lines.append(f"{indent}  yield {', '.join(node.body.outputs)}")
             lines.append(f"{indent}}} : {types}")
             continue
-        attrs = {k: v for k, v in node.attrs + node.meta if k != "cls"}
+        attrs = dict(node.attrs + node.meta)
+        if node.call is not None and node.call.iteration is not None:
+            attrs["iteration"] = node.call.iteration
         attrs = dict(sorted(attrs.items()))  # annotations print among the attributes
         attr_text = ("{" + ", ".join(f"{k}={_format_attr(v)}" for k, v in attrs.items()) + "}"
                      if attrs else "")
-        target = node.attr("cls") if node.op == "call" else node.op
+        target = node.call.cls if node.call is not None else node.op
         ref = f"[{node.ref}]" if node.ref is not None else ""
         lines.append(f"{indent}{outs} = {target}{ref}{attr_text}({args}) : {types}{where}")
     return lines

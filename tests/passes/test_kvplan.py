@@ -40,7 +40,7 @@ def test_loop_iterations_get_consecutive_ranges():
     # prelude 2 + core 4 layers x 64 iterations (the loop's max) + coda 2
     assert len(p.kv_layout) == 2 + 4 * 64 + 2
     core_call = next(n for n in walk(p.model.graph)
-                     if n.op == "call" and n.attr("cls") == "Recur")
+                     if n.op == "call" and n.call.cls == "Recur")
     assert core_call.annotation("slot") == (2, (("it", 4),))  # after the prelude's 2, 4 per step
     coda = [n for n in walk(p.model.graph) if n.op == "call" and n.ref.path[0][0] == "coda"]
     assert coda[0].annotation("slot") == (2 + 4 * 64, (("i", 1),))
