@@ -9,7 +9,10 @@ generated class), plus the root model. A `BlockDef` has
   instantiated; sharing is several nodes naming the same module path.
 - `graph`: a dataflow `Graph` of `Node`s in program order, held in a networkx DiGraph.
   A `for`/`loop` is a region node whose `body` is a Graph; loops stay rolled until a pass
-  decides otherwise.
+  decides otherwise. Node kinds are closed, as in torch.fx: an op of the op table (its
+  options in `attrs`), a `loop` (its facts in a typed `Loop`, a halting rule in `Halt`) or
+  a `call` of another class (`Call`). What backend passes note about a node (its KV-cache
+  slot, its fusion region) lives in `Node.meta`, outside equality and CSE.
 
 Shapes: activations are ("B", "T", width); per-head tensors are ("B", heads, "T", head_dim);
 tokens are ("B", "T") long. Only widths are concrete, batch and sequence are symbolic.
@@ -224,15 +227,15 @@ class Call(BaseModel):
     iteration: str | None = None
 
 
-# The closed set of node kinds that are not ops of the op table, and the typed field each
-# one must carry (the verifier checks both directions).
-REGION_KINDS = ("loop", "call")
+# The node kinds beyond the op table's ops: each carries its typed field (Node.loop,
+# Node.call) and no other node does; the verifier checks both directions.
+STRUCTURAL_OPS = ("loop", "call")
 
 
 class Node(BaseModel):
     """One op, block call or region. Produces the values named in `outs`.
 
-    `op` is an op of the op table, or one of REGION_KINDS: a `loop` node carries its
+    `op` is an op of the op table, or one of STRUCTURAL_OPS: a `loop` node carries its
     `Loop` (and a `body`), a `call` node its `Call`; no other node carries either. An op's
     own options stay in `attrs`.
 

@@ -12,7 +12,7 @@ import networkx as nx
 
 from .errors import ArchcError
 from .ops.prims import PRIMS
-from .ir import (REGION_KINDS, BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack,
+from .ir import (STRUCTURAL_OPS, BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack,
                  broadcast, resolve)
 
 _BINARY = {"add", "sub", "mul"}
@@ -63,6 +63,8 @@ def _verify_kind(node: Node, after: str) -> None:
     if (node.op == "call") != (node.call is not None):
         _bug(after, "a call node without its Call" if node.op == "call"
              else f"{node.op} carries a Call", node)
+    if node.body is not None and node.op != "loop":
+        _bug(after, f"{node.op} has a region body", node)
     if node.op == "loop" and node.loop.halt is not None \
             and not 0 <= node.loop.halt.state < len(node.outs):
         _bug(after, f"the loop halts on carried value {node.loop.halt.state} of "
@@ -74,7 +76,7 @@ def _verify_node(program: Program, block: BlockDef, graph: Graph, node: Node,
     types = [graph.types[v] for v in node.inputs]
     if node.op in _BINARY and broadcast(types[0], types[1]) != node.types[0]:
         _bug(after, f"{node.op} of {types[0]} and {types[1]} gives {node.types[0]}", node)
-    if node.op not in PRIMS and node.op not in REGION_KINDS:
+    if node.op not in PRIMS and node.op not in STRUCTURAL_OPS:
         _bug(after, f"unknown op {node.op}", node)
     _verify_kind(node, after)
     if node.op == "call" or node.op in PRIMS and PRIMS[node.op].weights:

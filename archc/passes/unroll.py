@@ -62,7 +62,8 @@ def _attr(value: Any, var: str, k: int) -> Any:
 
 
 def substitute(node: Node, var: str, k: int) -> Node:
-    """The node as iteration k sees it: `var` is k in refs, attributes and bodies."""
+    """The node as iteration k sees it: `var` is k in refs, attributes, the count of an
+    inner Loop, a Call's adapter iteration, and bodies."""
     update: dict[str, Any] = {
         "attrs": tuple((key, _attr(v, var, k)) for key, v in node.attrs)}
     if node.loop is not None:  # an inner loop whose count reads the index

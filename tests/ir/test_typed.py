@@ -10,7 +10,8 @@ import pytest
 import archc
 from archc.errors import ArchcError
 from archc.identity import program_hash
-from archc.ir import Call, Count, Halt, Loop, Node, TensorType, annotate, map_graph, walk
+from archc.ir import (Call, Count, Graph, Halt, Loop, Node, TensorType, annotate, map_graph,
+                      walk)
 from archc.passes import DEFAULTS, PASSES, PassOptions
 from archc.verify import verify
 
@@ -180,6 +181,7 @@ def _replace_first(program, pick, update: dict):
     (STACK, lambda n: n.op == "rmsnorm",
      {"loop": Loop(kind="for", var="i", count=Count(value=2), label="x")}, "carries a Loop"),
     (STACK, lambda n: n.op == "linear", {"call": Call(cls="Layer")}, "carries a Call"),
+    (STACK, lambda n: n.op == "gelu", {"body": Graph()}, "gelu has a region body"),
     (HALTING, lambda n: n.op == "loop",
      {"loop": Loop(kind="loop", var="i", count=Count(value=2), label="loop",
                    halt=Halt(state=3, tol=0.1, per="token"))}, "halts on carried value 3"),
