@@ -103,10 +103,9 @@ def _graph_writes(graph, block: BlockDef, program: Program, memo: dict[str, int]
     total = 0
     for node in graph.nodes:
         if node.op == "call":
-            total += _writes(program.classes[node.attr("cls")], program, memo)
+            total += _writes(program.classes[node.call.cls], program, memo)
         elif node.body is not None:
-            count = node.attr("count")
-            times = count.bound if count is not None else 1
+            times = node.loop.count.bound
             total += times * _graph_writes(node.body, block, program, memo)
         elif node.ref is not None:
             module = resolve(block, node.ref, program.classes)

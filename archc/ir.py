@@ -9,7 +9,10 @@ generated class), plus the root model. A `BlockDef` has
   instantiated; sharing is several nodes naming the same module path.
 - `graph`: a dataflow `Graph` of `Node`s in program order, held in a networkx DiGraph.
   A `for`/`loop` is a region node whose `body` is a Graph; loops stay rolled until a pass
-  decides otherwise.
+  decides otherwise. Node kinds are closed, as in torch.fx: an op of the op table (its
+  options in `attrs`), a `loop` (its facts in a typed `Loop`, a halting rule in `Halt`) or
+  a `call` of another class (`Call`). What backend passes note about a node (its KV-cache
+  slot, its fusion region) lives in `Node.meta`, outside equality and CSE.
 
 Shapes: activations are ("B", "T", width); per-head tensors are ("B", heads, "T", head_dim);
 tokens are ("B", "T") long. Only widths are concrete, batch and sequence are symbolic.
@@ -187,8 +190,59 @@ class Count(BaseModel):
         return self.max if self.max is not None else self.value
 
 
+class Halt(BaseModel):
+    """A loop's halting rule, `until converged(s, tol=1e-3, per="token")`: the loop stops
+    once the carried value `state` (its index among the loop's carried values) changes by
+    less than `tol` (relative), judged per position (`per="token"`) or per sequence."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: int
+    tol: float
+    per: Literal["token", "sequence"]
+
+
+class Loop(BaseModel):
+    """What a `loop` node is: a `for` over a stack (`kind="for"`: each iteration indexes
+    its own weights) or a `loop` (one shared body, possibly a run-time count and a halting
+    rule). `var` is the IR name of its index, `label` the stack of its weights."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["for", "loop"]
+    var: str
+    count: Count
+    label: str
+    halt: Halt | None = None
+
+
+class Call(BaseModel):
+    """What a `call` node is: a call of the generated block class `cls`. `iteration`
+    names the loop variable that picks the callee's per-iteration adapters (`with`), or
+    is a literal index once a pass unrolled that loop."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cls: str
+    iteration: str | None = None
+
+
+# The node kinds beyond the op table's ops: each carries its typed field (Node.loop,
+# Node.call) and no other node does; the verifier checks both directions.
+STRUCTURAL_OPS = ("loop", "call")
+
+
 class Node(BaseModel):
-    """One op, block call or region. Produces the values named in `outs`."""
+    """One op, block call or region. Produces the values named in `outs`.
+
+    `op` is an op of the op table, or one of STRUCTURAL_OPS: a `loop` node carries its
+    `Loop` (and a `body`), a `call` node its `Call`; no other node carries either. An op's
+    own options stay in `attrs`.
+
+    `meta` holds what a backend pass noted about the node (kvplan's cache `slot`, fuse's
+    `fusion` region): annotations, not meaning. Equality, hashing and CSE ignore them, so
+    two nodes computing the same value are equal however they were annotated (fx keeps
+    `Node.meta` out of the graph's structure for the same reason)."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
@@ -201,12 +255,34 @@ class Node(BaseModel):
     span: Span | None = Field(default=None, exclude=True)
     hint: str = ""
     body: "Graph | None" = None
+    loop: Loop | None = None
+    call: Call | None = None
+    meta: tuple[tuple[str, Any], ...] = Field(default=(), exclude=True)
 
     def attr(self, name: str, default: Any = None) -> Any:
         for k, v in self.attrs:
             if k == name:
                 return v
         return default
+
+    def annotation(self, name: str, default: Any = None) -> Any:
+        """A backend annotation (`slot`, `fusion`), or default if no pass set it."""
+        for k, v in self.meta:
+            if k == name:
+                return v
+        return default
+
+    def _structure(self) -> tuple:
+        """Every field but `meta`: what equality and hashing compare."""
+        return tuple(getattr(self, f) for f in type(self).model_fields if f != "meta")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Node):
+            return NotImplemented
+        return self._structure() == other._structure()
+
+    def __hash__(self) -> int:
+        return hash(self._structure())
 
 
 class Graph:
@@ -442,23 +518,26 @@ def format_graph(graph: Graph, indent: str = "  ") -> list[str]:
         args = ", ".join(node.inputs)
         types = ", ".join(str(t) for t in node.types)
         where = f"  # :{node.span.line}" if node.span else ""
-        if node.op == "loop":
-            kind = node.attr("kind")
-            count = _format_attr(node.attr("count"))
-            halt = node.attr("halt")
-            until = f" until converged(tol={halt[1]}, per={halt[2]})" if halt else ""
+        if node.loop is not None:
+            loop = node.loop
+            count = _format_attr(loop.count)
+            halt = loop.halt
+            until = f" until converged(tol={halt.tol}, per={halt.per})" if halt else ""
             ins = ", ".join(f"{v}: {t}" for v, t in node.body.inputs)
-            lines.append(f"{indent}{outs} = {kind} {node.attr('var')} in {count} "
-                         f"[{node.attr('label')}]{until}({args}) {{{where}")
+            lines.append(f"{indent}{outs} = {loop.kind} {loop.var} in {count} "
+                         f"[{loop.label}]{until}({args}) {{{where}")
             lines.append(f"{indent}  ({ins}) ->")
             lines.extend(format_graph(node.body, indent + "    "))
             lines.append(f"{indent}  yield {', '.join(node.body.outputs)}")
             lines.append(f"{indent}}} : {types}")
             continue
-        attrs = {k: v for k, v in node.attrs if k != "cls"}
+        attrs = dict(node.attrs + node.meta)
+        if node.call is not None and node.call.iteration is not None:
+            attrs["iteration"] = node.call.iteration
+        attrs = dict(sorted(attrs.items()))  # annotations print among the attributes
         attr_text = ("{" + ", ".join(f"{k}={_format_attr(v)}" for k, v in attrs.items()) + "}"
                      if attrs else "")
-        target = node.attr("cls") if node.op == "call" else node.op
+        target = node.call.cls if node.call is not None else node.op
         ref = f"[{node.ref}]" if node.ref is not None else ""
         lines.append(f"{indent}{outs} = {target}{ref}{attr_text}({args}) : {types}{where}")
     return lines
@@ -554,6 +633,13 @@ def with_attrs(node: Node, **updates: Any) -> Node:
     attrs = dict(node.attrs)
     attrs.update(updates)
     return node.model_copy(update={"attrs": tuple(sorted(attrs.items()))})
+
+
+def annotate(node: Node, **updates: Any) -> Node:
+    """The node with backend annotations added to its `meta` (see Node)."""
+    meta = dict(node.meta)
+    meta.update(updates)
+    return node.model_copy(update={"meta": tuple(sorted(meta.items()))})
 
 
 def class_order(program: Program) -> list[str]:

@@ -69,10 +69,10 @@ def _applied(block: BlockDef, graph: Graph, classes, env: dict, mult: int,
              out: dict[str, int]) -> None:
     for node in graph.nodes:
         if node.op == "loop":
-            n = trip_count(node.attr("count"), env)
-            if node.attr("kind") == "for":  # iterations may differ (per-instance params)
+            n = trip_count(node.loop.count, env)
+            if node.loop.kind == "for":  # iterations may differ (per-instance params)
                 for i in range(n):
-                    _applied(block, node.body, classes, {**env, node.attr("var"): i}, mult, out)
+                    _applied(block, node.body, classes, {**env, node.loop.var: i}, mult, out)
             else:
                 _applied(block, node.body, classes, env, mult * n, out)
             continue
@@ -80,7 +80,7 @@ def _applied(block: BlockDef, graph: Graph, classes, env: dict, mult: int,
             continue
         top = node.ref.path[0][0]
         if node.op == "call":
-            cls = classes[node.attr("cls")]
+            cls = classes[node.call.cls]
             inst = resolve(block, node.ref, classes, env)
             inner: dict[str, int] = defaultdict(int)
             _applied(cls, cls.graph, classes, instance_env(env, inst), mult, inner)

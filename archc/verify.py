@@ -12,7 +12,8 @@ import networkx as nx
 
 from .errors import ArchcError
 from .ops.prims import PRIMS
-from .ir import BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack, broadcast, resolve
+from .ir import (STRUCTURAL_OPS, BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack,
+                 broadcast, resolve)
 
 _BINARY = {"add", "sub", "mul"}
 
@@ -53,13 +54,31 @@ def _verify_graph(program: Program, block: BlockDef, graph: Graph, after: str,
             _bug(after, f"{block.cls}: output {v} is not defined", None)
 
 
+def _verify_kind(node: Node, after: str) -> None:
+    """The closed set of node kinds: a `loop` node carries its typed Loop, a `call` its
+    Call, and no other node carries either (passes read the facts from them alone)."""
+    if (node.op == "loop") != (node.loop is not None):
+        _bug(after, "a loop node without its Loop" if node.op == "loop"
+             else f"{node.op} carries a Loop", node)
+    if (node.op == "call") != (node.call is not None):
+        _bug(after, "a call node without its Call" if node.op == "call"
+             else f"{node.op} carries a Call", node)
+    if node.body is not None and node.op != "loop":
+        _bug(after, f"{node.op} has a region body", node)
+    if node.op == "loop" and node.loop.halt is not None \
+            and not 0 <= node.loop.halt.state < len(node.outs):
+        _bug(after, f"the loop halts on carried value {node.loop.halt.state} of "
+             f"{len(node.outs)}", node)
+
+
 def _verify_node(program: Program, block: BlockDef, graph: Graph, node: Node,
                  after: str) -> None:
     types = [graph.types[v] for v in node.inputs]
     if node.op in _BINARY and broadcast(types[0], types[1]) != node.types[0]:
         _bug(after, f"{node.op} of {types[0]} and {types[1]} gives {node.types[0]}", node)
-    if node.op not in PRIMS and node.op not in ("call", "loop"):
+    if node.op not in PRIMS and node.op not in STRUCTURAL_OPS:
         _bug(after, f"unknown op {node.op}", node)
+    _verify_kind(node, after)
     if node.op == "call" or node.op in PRIMS and PRIMS[node.op].weights:
         if node.ref is None:
             _bug(after, f"{node.op} has no module", node)
@@ -67,8 +86,8 @@ def _verify_node(program: Program, block: BlockDef, graph: Graph, node: Node,
         if module is None:
             _bug(after, f"{node.op} names {node.ref}, which {block.cls} does not have", node)
         if node.op == "call":
-            if not isinstance(module, BlockInst) or module.cls != node.attr("cls"):
-                _bug(after, f"call of {node.attr('cls')} names {node.ref}", node)
+            if not isinstance(module, BlockInst) or module.cls != node.call.cls:
+                _bug(after, f"call of {node.call.cls} names {node.ref}", node)
             callee = program.classes[module.cls]
             want = [t for _, t in callee.graph.inputs]
             if want != types:
@@ -89,7 +108,7 @@ def _verify_node(program: Program, block: BlockDef, graph: Graph, node: Node,
         for (vid, t), outer in zip(body.inputs, types):
             if t != outer:
                 _bug(after, f"loop input {vid} is {t} but receives {outer}", node)
-        if node.attr("kind") == "loop":
+        if node.loop.kind == "loop":
             for (vid, t), out in zip(body.inputs[:carried], body.outputs):
                 if body.types[out] != t:
                     _bug(after, f"loop changes the type of carried {vid}", node)

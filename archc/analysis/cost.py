@@ -204,9 +204,9 @@ class _Walker:
     def loop(self, block: BlockDef, node: Node, attrs: dict, index: dict, rows, times: int,
              bound: int) -> tuple[_Tally, int, int]:
         """A loop's body tally, how many times it runs, and how many times it can run."""
-        count = node.attr("count")
+        count = node.loop.count
         n, most = self.count(count, attrs, index), count.bound
-        var = node.attr("var")
+        var = node.loop.var
         if not self.needs_index(node.body, var):
             return self.graph(block, node.body, attrs, index, rows, times * n,
                               bound * most), n, most
@@ -228,17 +228,17 @@ class _Walker:
         if var is None:
             return False
         for node in walk(body):
-            if node.op == "call" and getattr(self.classes[node.attr("cls")], "attrs", ()) \
+            if node.op == "call" and getattr(self.classes[node.call.cls], "attrs", ()) \
                     and node.ref is not None and any(i == var for _, i in node.ref.path):
                 return True
-            expr = getattr(node.attr("count"), "expr", None) if node.op == "loop" else None
+            expr = getattr(node.loop.count, "expr", None) if node.op == "loop" else None
             if expr is not None and var in scalar.free(expr, "var"):
                 return True
         return False
 
     def instance_attrs(self, block: BlockDef, node: Node, index: dict) -> dict[str, Any]:
         """The run-time block params a call's instance keeps (empty for most classes)."""
-        if not getattr(self.classes[node.attr("cls")], "attrs", ()) or node.ref is None:
+        if not getattr(self.classes[node.call.cls], "attrs", ()) or node.ref is None:
             return {}
         ref = node.ref
         for var, k in index.items():
@@ -286,7 +286,7 @@ class _Walker:
     def op(self, block: BlockDef, graph: Graph, node: Node, attrs: dict, index: dict) -> _Tally:
         """The tally of one application of a primitive or a block call."""
         if node.op == "call":
-            return self.block(node.attr("cls"), self.instance_attrs(block, node, index))
+            return self.block(node.call.cls, self.instance_attrs(block, node, index))
         t = _Tally()
         module = resolve(block, node.ref, self.classes) if node.ref is not None else None
         t.applied = self.numel(module) if node.op != "head_loop" else \

@@ -27,8 +27,8 @@ def _attention_caches(graph: Graph, program: Program, mult: int):
             shape = graph.types[node.inputs[1]].shape  # the keys it reads
             yield shape[1], shape[3], mult
         elif node.op == "call":
-            callee = program.classes[node.attr("cls")]
+            callee = program.classes[node.call.cls]
             yield from _attention_caches(callee.graph, program, mult)
         elif node.op == "loop":
-            yield from _attention_caches(node.body, program, mult * node.attr("count").bound)
+            yield from _attention_caches(node.body, program, mult * node.loop.count.bound)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Span
-from ..ir import BlockDef, Graph, Group, Leaf, Node, Ref, Stack, TensorType
+from ..ir import BlockDef, Call, Graph, Group, Leaf, Loop, Node, Ref, Stack, TensorType
 from .calls import Calls
 from .expressions import Expressions
 from .regions import Regions
@@ -59,13 +59,14 @@ class ClassBuilder(Statements, Expressions, Calls, Regions):
 
     def emit(self, op: str, inputs: list[TensorVal], types: list[TensorType], attrs=None,
              ref: Ref | None = None, span: Span | None = None, hint: str = "",
-             body: Graph | None = None) -> list[TensorVal]:
+             body: Graph | None = None, loop: Loop | None = None,
+             call: Call | None = None) -> list[TensorVal]:
         self.el.count_node(span)
         args = [self.capture(x) for x in inputs]
         outs = [self.fresh() for _ in types]
         node = Node(op=op, outs=tuple(outs), types=tuple(types), inputs=tuple(a.id for a in args),
                     attrs=tuple(sorted((attrs or {}).items())), ref=ref, span=span, hint=hint,
-                    body=body)
+                    body=body, loop=loop, call=call)
         self.gb.graph.add(node)
         return [TensorVal(o, t, self.gb.level, span) for o, t in zip(outs, types)]
 

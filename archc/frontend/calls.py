@@ -13,7 +13,7 @@ from .. import syntax as S
 from ..errors import Span, fail
 from ..identity.record import record_application
 from ..init import choices_hint
-from ..ir import BlockInst, Group, Module
+from ..ir import BlockInst, Call, Group, Module
 from ..ops import ADAPTERS, OPS
 from ..ops.registry import suggest
 from .consteval import _BUILTINS, _FLOAT32_MAX, _SCHEDULES
@@ -136,12 +136,11 @@ class Calls:
             self.el.count_repeats(1, ops, span, f"this call of `{block.name}` ({ops:,} ops)")
         self.materialize(inst, BlockInst(cls=cls, args=_instance_args(block, inst), span=inst.span),
                          span)
-        attrs = {"cls": cls}
-        if adapt is not None:
-            attrs["iteration"] = adapt.var
+        call = Call(cls=cls, iteration=adapt.var if adapt is not None else None)
         callee = self.el.classes[cls]
         types = [callee.graph.types[o] for o in callee.graph.outputs]
-        out, *extra = self.emit("call", inputs, types, attrs, ref=inst.ref, span=span, hint="y")
+        out, *extra = self.emit("call", inputs, types, ref=inst.ref, span=span, hint="y",
+                                call=call)
         for name, v in zip(callee.output_names, extra):
             out.fields[name] = v
             self.gb.graph.names.setdefault(v.id, name)

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import loopvars, names, syntax as S
 from ..errors import fail
-from ..ir import Count, Graph, Group, Node, Stack
+from ..ir import Count, Graph, Group, Halt, Loop, Node, Stack
 from .consteval import _number
 from .scopes import (Env, GraphBuilder, LoopFrame, ModuleScope, _collapse, _collapse_fix,
                      _map_graph, _ref_attrs, _rewrite_refs)
@@ -149,9 +149,9 @@ class Regions:
             self.scope.modules[label] = Stack(items=(module,) * n, span=st.span)
         else:
             del self.scope.modules[label]
+        loop = Loop(kind="for", var=sym, count=Count(value=n), label=label)
         outs = self.emit("loop", [inits[k] for k in inits] + self._captured(gb), types,
-                         {"kind": "for", "var": sym, "count": Count(value=n), "label": label},
-                         span=st.span, hint=",".join(inits), body=graph)
+                         span=st.span, hint=",".join(inits), body=graph, loop=loop)
         self._rebind(env, list(inits), outs)
         return True
 
@@ -168,10 +168,9 @@ class Regions:
             gb0 = iterations[0][0]
             inputs = [inits[n] for n in inits] + self._captured(gb0)
             types = [gb0.graph.types[o] for o in gb0.graph.outputs]
-            outs = self.emit("loop", inputs, types,
-                             {"kind": "for", "var": var, "count": Count(value=len(graphs)),
-                              "label": label}, span=st.span, hint=",".join(inits),
-                             body=graphs[0])
+            loop = Loop(kind="for", var=var, count=Count(value=len(graphs)), label=label)
+            outs = self.emit("loop", inputs, types, span=st.span, hint=",".join(inits),
+                             body=graphs[0], loop=loop)
             self._rebind(env, list(inits), outs)
             return
         # Otherwise the iterations run one after another in the enclosing graph.
@@ -235,12 +234,11 @@ class Regions:
             self.scope.modules[label] = Stack(items=(module,) * count.bound, span=st.span)
         else:
             del self.scope.modules[label]
-        attrs = {"kind": "loop", "var": var, "count": count, "label": label}
-        if st.until is not None:
-            attrs["halt"] = self._halt(st, list(inits), env)
+        halt = self._halt(st, list(inits), env) if st.until is not None else None
+        loop = Loop(kind="loop", var=var, count=count, label=label, halt=halt)
         inputs = [inits[n] for n in inits] + self._captured(gb)
-        outs = self.emit("loop", inputs, [v.type for v in inits.values()], attrs, span=st.span,
-                         hint=",".join(inits), body=_rewrite_refs(gb.graph, scope))
+        outs = self.emit("loop", inputs, [v.type for v in inits.values()], span=st.span,
+                         hint=",".join(inits), body=_rewrite_refs(gb.graph, scope), loop=loop)
         self._rebind(env, list(inits), outs)
 
     def _count(self, st: S.Loop, env: Env) -> Count:
@@ -284,7 +282,7 @@ class Regions:
                  st.count.span, "the budget is --max-nodes", code="A040")
         return count
 
-    def _halt(self, st: S.Loop, carried: list[str], env: Env) -> tuple:
+    def _halt(self, st: S.Loop, carried: list[str], env: Env) -> Halt:
         u = st.until
         if not (isinstance(u, S.Call) and isinstance(u.func, S.Name)
                 and u.func.id == "converged" and len(u.args) == 1
@@ -308,7 +306,7 @@ class Regions:
         tol = _number(opts["tol"], u.span)
         if tol <= 0:
             fail("tol must be positive", u.span, "e.g. tol=1e-3 (relative change)", code="A035")
-        return (carried.index(state), float(tol), opts["per"])
+        return Halt(state=carried.index(state), tol=float(tol), per=opts["per"])
 
     def _label(self, label: str | None, default: str, span) -> str:
         if label is not None:
@@ -434,7 +432,7 @@ def _fingerprint(graph: Graph) -> Any:
         for o in node.outs:
             ids[o] = len(ids)
         items.append((node.op, tuple(ids.get(i, i) for i in node.inputs), node.attrs,
-                      str(node.ref), node.types, node.hint,
+                      node.loop, node.call, str(node.ref), node.types, node.hint,
                       _fingerprint(node.body) if node.body is not None else None))
     return (tuple(t for _, t in graph.inputs), tuple(items),
             tuple(ids.get(o, o) for o in graph.outputs))

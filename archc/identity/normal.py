@@ -261,7 +261,7 @@ class _Forms:
         seen.add(cls)
         for node in _walk(self.classes[cls].graph):
             names: list[str] = []
-            for _key, value in node.attrs:
+            for _key, value in _facts(node):
                 if isinstance(value, Count):
                     names += [value.param] if value.param else []
                     names += list(_tree_params(value.expr))
@@ -271,7 +271,7 @@ class _Forms:
                 if name not in self.runtime:
                     self.runtime[name] = f"r{len(self.runtime)}"
             if node.op == "call":
-                self._number_runtime(node.attr("cls"), seen)
+                self._number_runtime(node.call.cls, seen)
 
     def class_names(self, cls: str) -> _Names:
         if cls not in self.names:
@@ -403,7 +403,7 @@ class _ClassText:
         inputs = ", ".join(self.use(i) for i in node.inputs)
         body: list[str] = []
         if node.body is not None:
-            var = node.attr("var")
+            var = node.loop.var if node.loop is not None else None
             scope = {}
             if var is not None:
                 scope[var] = f"v{self.nvars}"
@@ -430,7 +430,7 @@ class _ClassText:
 
     def attrs(self, node: Node) -> dict:
         out = {}
-        for key, value in node.attrs:
+        for key, value in _facts(node):
             if key in _NAME_ATTRS:
                 continue
             if key == "cls":
@@ -611,6 +611,23 @@ def _application_refs(item: _Application, block: BlockDef) -> tuple[Ref | None, 
             elif not _is_adapter(block, ref) and ref not in uses:
                 uses.append(ref)
     return own, uses
+
+
+def _facts(node: Node) -> tuple:
+    """A node's attributes with its typed Loop or Call (archc/ir.py) as (key, value)
+    pairs, in key order: what the normal form prints of a loop or a call."""
+    pairs = list(node.attrs)
+    if node.loop is not None:
+        loop = node.loop
+        pairs += [("count", loop.count), ("kind", loop.kind), ("label", loop.label),
+                  ("var", loop.var)]
+        if loop.halt is not None:
+            pairs.append(("halt", (loop.halt.state, loop.halt.tol, loop.halt.per)))
+    if node.call is not None:
+        pairs.append(("cls", node.call.cls))
+        if node.call.iteration is not None:
+            pairs.append(("iteration", node.call.iteration))
+    return tuple(sorted(pairs, key=lambda kv: kv[0]))
 
 
 def _attrs_text(attrs: dict) -> str:

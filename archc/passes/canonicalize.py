@@ -40,7 +40,7 @@ _TREE_KINDS = frozenset({"num", "bin", "cmp", "neg", "call"})
 
 def _pure_node(node: Node, block: BlockDef, program: Program, pure_classes: set[str]) -> bool:
     if node.op == "call":
-        return node.attr("cls") in pure_classes
+        return node.call.cls in pure_classes
     if node.op == "loop":
         return True  # deterministic given its body; the body's nodes are checked on their own
     prim = PRIMS.get(node.op)
@@ -169,8 +169,8 @@ class _Folder:
                 return [src.inputs[0]]
             return node
         if op == "loop":
-            count = node.attr("count")
-            if count.expr is None and count.value == 0 and node.attr("halt") is None:
+            count = node.loop.count
+            if count.expr is None and count.value == 0 and node.loop.halt is None:
                 return list(node.inputs[:len(node.outs)])
         return node
 

@@ -322,7 +322,7 @@ def _kv_cache(s: Subgraph, k: str, v: str, shape: tuple) -> tuple[str, str]:
     s.counter[0] += 2
     t = TensorType(shape=shape)
     s.graph.add(Node(op="kv_cache", outs=outs, types=(t, t), inputs=(k, v),
-                     attrs=(("slot", s.node.attr("slot")),), span=s.node.span, hint="k,v"))
+                     meta=(("slot", s.node.annotation("slot")),), span=s.node.span, hint="k,v"))
     return outs
 
 

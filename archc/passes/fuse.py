@@ -16,15 +16,15 @@ in registers. A node extends at most one chain (the chain of its first input tha
 qualifies). Chains are maximal: none can grow at either end.
 
 Invariant: the graph is unchanged except that each node of a chain of two or more gets
-the attribute `fusion=N`, N numbering the regions of the program from 0 in class and
-program order. The ops, values and generated torch code stay as they were.
+the annotation `fusion=N` in its `meta` (unseen by equality and CSE; printed among the
+attributes), N numbering the regions of the program from 0 in class and program order. The ops, values and generated torch code stay as they were.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from ..ir import Graph, Node, Program, with_attrs
+from ..ir import Graph, Node, Program, annotate
 from ..ops.prims import PRIMS
 from .pipeline import DEFAULTS, Pass, PassOptions
 
@@ -78,7 +78,7 @@ class _Marker:
                 if head not in numbers:
                     numbers[head] = self.next
                     self.next += 1
-                node = with_attrs(node, fusion=numbers[head])
+                node = annotate(node, fusion=numbers[head])
             elif node.body is not None:
                 node = node.model_copy(update={"body": self.graph(node.body)})
             out.add(node)

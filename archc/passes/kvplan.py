@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..errors import Span
-from ..ir import Graph, Node, Program, class_order, with_attrs
+from ..ir import Graph, Node, Program, annotate, class_order
 from ..ops.prims import PRIMS
 from .pipeline import DEFAULTS, Pass, PassOptions
 
@@ -42,9 +42,9 @@ def _count(graph: Graph, counts: dict[str, int]) -> int:
         if owns_slot(node):
             n += 1
         elif node.op == "call":
-            n += counts[node.attr("cls")]
+            n += counts[node.call.cls]
         elif node.op == "loop":
-            n += _count(node.body, counts) * node.attr("count").bound
+            n += _count(node.body, counts) * node.loop.count.bound
     return n
 
 
@@ -53,18 +53,18 @@ def _number(graph: Graph, counts: dict[str, int], offset: int,
     out = Graph(graph.inputs)
     for node in graph.nodes:
         if owns_slot(node):
-            node = with_attrs(node, slot=(offset, strides))
+            node = annotate(node, slot=(offset, strides))
             offset += 1
-        elif node.op == "call" and counts[node.attr("cls")]:
-            node = with_attrs(node, slot=(offset, strides))
-            offset += counts[node.attr("cls")]
+        elif node.op == "call" and counts[node.call.cls]:
+            node = annotate(node, slot=(offset, strides))
+            offset += counts[node.call.cls]
         elif node.op == "loop":
             per = _count(node.body, counts)
             if per:
                 body, _ = _number(node.body, counts, offset,
-                                  strides + ((node.attr("var"), per),))
+                                  strides + ((node.loop.var, per),))
                 node = node.model_copy(update={"body": body})
-                offset += per * node.attr("count").bound
+                offset += per * node.loop.count.bound
         out.add(node)
     out.outputs = list(graph.outputs)
     out.names = dict(graph.names)
@@ -77,10 +77,10 @@ def _layout(graph: Graph, program: Program) -> list[tuple[int, int]]:
         if owns_slot(node):
             out.append(slot_layout(node))
         elif node.op == "call":
-            callee = program.classes[node.attr("cls")]
+            callee = program.classes[node.call.cls]
             out += _layout(callee.graph, program)
         elif node.op == "loop":
-            out += _layout(node.body, program) * node.attr("count").bound
+            out += _layout(node.body, program) * node.loop.count.bound
     return out
 
 
@@ -105,7 +105,7 @@ def slot_count(program: Program, cls: str) -> int:
 
 
 def node_slot(node: Node) -> Slot | None:
-    return node.attr("slot")
+    return node.annotation("slot")
 
 
 class DecodeBlocker(NamedTuple):
@@ -120,8 +120,8 @@ def _blocker_of(node: Node) -> DecodeBlocker | None:
     """A node that a KV cache cannot reproduce: its output at a position depends on later
     positions, or on state the cache does not keep (the fact lives in the op table)."""
     if node.op == "loop":
-        halt = node.attr("halt")
-        if halt is None or halt[2] != "sequence":
+        halt = node.loop.halt
+        if halt is None or halt.per != "sequence":
             return None
         return DecodeBlocker('halting per="sequence" decides for every position at once, '
                              "later ones included; a cached decode cannot reproduce it, so "

@@ -36,7 +36,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ir import BlockDef, Count, Graph, Node, Program, next_value_id, walk
+from ..ir import BlockDef, Count, Graph, Loop, Node, Program, next_value_id, walk
 from .pipeline import DEFAULTS, Pass, PassOptions
 
 
@@ -57,7 +57,8 @@ def _shape(graph: Graph) -> Any:
 
 def _signature(node: Node) -> tuple:
     body = _shape(node.body) if node.body is not None else None
-    return (node.op, node.attrs, node.ref, node.types, node.hint, len(node.outs), body)
+    return (node.op, node.attrs, node.loop, node.call, node.ref, node.types, node.hint,
+            len(node.outs), body)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class _Roller:
     def __init__(self, block: BlockDef, program: Program):
         self.next_id = next_value_id(block.graph)
         taken = {name for name, _ in block.modules}
-        taken |= {n.attr("label") for n in walk(block.graph) if n.op == "loop"}
+        taken |= {n.loop.label for n in walk(block.graph) if n.op == "loop"}
         self.labels = taken
         self.reserved = set(program.params) | {block.iteration or ""}
         for node in walk(block.graph):
@@ -103,7 +104,7 @@ class _Roller:
         nodes = []
         for node in graph.nodes:
             if node.body is not None:
-                inner = loop_vars + (node.attr("var"),)
+                inner = loop_vars + (node.loop.var,)
                 node = node.model_copy(update={"body": self.graph(node.body, inner)})
             nodes.append(node)
         users = _users(nodes, graph.outputs)
@@ -192,11 +193,11 @@ class _Roller:
             if v in names:
                 body.names[window[q].outs[k]] = names[v]
         hint = ",".join(names.get(v, names.get(o, "x")) for v, o in zip(inits, outs))
-        attrs = {"kind": "loop", "var": self.var(loop_vars), "count": Count(value=count),
-                 "label": self.label()}
+        loop = Loop(kind="loop", var=self.var(loop_vars), count=Count(value=count),
+                    label=self.label())
         return Node(op="loop", outs=outs, types=tuple(graph.types[v] for v in inits),
-                    inputs=tuple(inits + captures), attrs=tuple(sorted(attrs.items())),
-                    span=window[0].span, hint=hint, body=body)
+                    inputs=tuple(inits + captures), span=window[0].span, hint=hint,
+                    body=body, loop=loop)
 
     def var(self, loop_vars: tuple[str, ...]) -> str:
         for name in ("i", "j", "k", "n", "m"):

@@ -51,7 +51,7 @@ class _Use:
 def _sites(block: BlockDef, graph: Graph, loops: tuple[_Loop, ...], acc: list) -> None:
     for node in graph.nodes:
         if node.op == "loop":
-            inner = loops + (_Loop(node.attr("var"), node.attr("count")),)
+            inner = loops + (_Loop(node.loop.var, node.loop.count),)
             _sites(block, node.body, inner, acc)
             continue
         refs = []
@@ -94,7 +94,7 @@ def _times(loops: tuple[_Loop, ...]) -> tuple[int, str]:
 
 
 def _label(use: _Use, path: tuple) -> str:
-    what = use.node.attr("cls") if use.node.op == "call" else use.node.op
+    what = use.node.call.cls if use.node.op == "call" else use.node.op
     if use.path != path:  # a part of the group's module, e.g. an attention's q
         what += f"[{_show(use.path)}]"
     _n, times = _times(use.loops)

@@ -32,9 +32,9 @@ from .pipeline import DEFAULTS, Pass, PassOptions
 def _unrollable(node: Node) -> bool:
     if node.op != "loop":
         return False
-    if node.attr("kind") == "for":
+    if node.loop.kind == "for":
         return True
-    return node.attr("count").expr is None and node.attr("halt") is None
+    return node.loop.count.expr is None and node.loop.halt is None
 
 
 # ----------------------------------------------------------------------------- substitution
@@ -51,9 +51,7 @@ def _is_tree(value: Any) -> bool:
     return isinstance(value, tuple) and bool(value) and isinstance(value[0], str)
 
 
-def _attr(key: str, value: Any, var: str, k: int) -> Any:
-    if key == "iteration" and value == var:
-        return str(k)  # the adapter index the call passes: a literal in generated code
+def _attr(value: Any, var: str, k: int) -> Any:
     if isinstance(value, Ref):
         return value.substitute(var, k)
     if isinstance(value, Count) and value.expr is not None:
@@ -64,9 +62,15 @@ def _attr(key: str, value: Any, var: str, k: int) -> Any:
 
 
 def substitute(node: Node, var: str, k: int) -> Node:
-    """The node as iteration k sees it: `var` is k in refs, attributes and bodies."""
+    """The node as iteration k sees it: `var` is k in refs, attributes, the count of an
+    inner Loop, a Call's adapter iteration, and bodies."""
     update: dict[str, Any] = {
-        "attrs": tuple((key, _attr(key, v, var, k)) for key, v in node.attrs)}
+        "attrs": tuple((key, _attr(v, var, k)) for key, v in node.attrs)}
+    if node.loop is not None:  # an inner loop whose count reads the index
+        update["loop"] = node.loop.model_copy(update={"count": _attr(node.loop.count, var, k)})
+    if node.call is not None and node.call.iteration == var:
+        # the adapter index the call passes: a literal in generated code
+        update["call"] = node.call.model_copy(update={"iteration": str(k)})
     if node.ref is not None:
         update["ref"] = node.ref.substitute(var, k)
     if node.body is not None:
@@ -133,8 +137,8 @@ class _Unroller:
     def splice(self, loop: Node, out: Graph) -> list[str]:
         """Add the loop's iterations to `out`; return the values it yields."""
         body = loop.body
-        var = loop.attr("var")
-        count = loop.attr("count").value
+        var = loop.loop.var
+        count = loop.loop.count.value
         carried = len(loop.outs)
         current = list(loop.inputs[:carried])
         captures = list(loop.inputs[carried:])

@@ -19,11 +19,11 @@ from .pipeline import DEFAULTS, Pass, PassOptions
 
 def _find_stack(program: Program) -> tuple[Node, BlockDef]:
     for node in program.model.graph.nodes:
-        if node.op != "loop" or node.attr("kind") != "for" or node.attr("count").value < 2:
+        if node.op != "loop" or node.loop.kind != "for" or node.loop.count.value < 2:
             continue
         calls = [n for n in node.body.nodes if n.op == "call"]
         if len(calls) == 1 and len(node.body.nodes) == 1:
-            layer = program.classes[calls[0].attr("cls")]
+            layer = program.classes[calls[0].call.cls]
             if sum(n.op == "attend" for n in layer.graph.nodes) == 1:
                 return node, layer
     raise ArchcError("the widen rewrite found no stack of identical layers with one "
@@ -93,17 +93,17 @@ def widen(program: Program, options: PassOptions = DEFAULTS) -> Program:
     if "widen" not in options.rewrites:
         return program
     loop, layer = _find_stack(program)
-    n = loop.attr("count").value
+    n = loop.loop.count.value
     name = layer.cls + "Wide"
     wide = _widen_block(layer, n, name)
-    label = loop.attr("label")
+    label = loop.loop.label
     call = loop.body.nodes[0]
     # The loop body is closed: map its inputs (carried value, captures) to the outer values.
     outer = dict(zip((v for v, _ in loop.body.inputs), loop.inputs))
     new_call = call.model_copy(update={
         "inputs": tuple(outer.get(v, v) for v in call.inputs), "outs": loop.outs,
         "types": loop.types, "ref": Ref(path=((label, None),)),
-        "attrs": tuple((k, name if k == "cls" else v) for k, v in call.attrs)})
+        "call": call.call.model_copy(update={"cls": name})})
     root = program.model
     graph = Graph(root.graph.inputs)
     for node in root.graph.nodes:
@@ -116,7 +116,7 @@ def widen(program: Program, options: PassOptions = DEFAULTS) -> Program:
     classes = dict(program.classes)
     classes[name] = wide
     classes[root.cls] = root.model_copy(update={"graph": graph, "modules": tuple(modules)})
-    if not any(n.op == "call" and n.attr("cls") == layer.cls
+    if not any(n.op == "call" and n.call.cls == layer.cls
                for b in classes.values() for n in b.graph.nodes):
         del classes[layer.cls]
     return program.model_copy(update={"classes": classes})

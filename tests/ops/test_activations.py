@@ -42,7 +42,7 @@ def test_activation_end_to_end(act):
     ops = [n.op for n in program.model.graph.nodes]
     assert ops.count(act) == 1, "CSE merges the two applications (the prim is pure)"
     fused = [n for n in program.model.graph.nodes if n.op in (act, "add")]
-    assert len({n.attr("fusion") for n in fused} - {None}) == 1, "act + add fuse as one region"
+    assert len({n.annotation("fusion") for n in fused} - {None}) == 1, "act + add fuse as one region"
     assert cost_of(archc.load(text).program).vector_flops_per_token > 0
     for name in backends.names():
         b = backends.get(name)

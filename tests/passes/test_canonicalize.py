@@ -81,7 +81,7 @@ def test_randomness_and_state_are_never_merged():
     p = run_pass("canonicalize", archc.load(IMPURE).program)
     counted = ops(p)
     assert counted.count("drop_path") == 2 and counted.count("init_state") == 2
-    calls = [n.attr("cls") for n in p.model.graph.nodes if n.op == "call"]
+    calls = [n.call.cls for n in p.model.graph.nodes if n.op == "call"]
     assert calls == ["Mix", "Layer", "Layer"]  # the pure block merges; the one with a cache not
 
 

@@ -37,8 +37,8 @@ def regions(program) -> dict[int, list]:
     out: dict[int, list] = {}
     for block in program.classes.values():
         for node in walk(block.graph):
-            if node.attr("fusion") is not None:
-                out.setdefault(node.attr("fusion"), []).append(node)
+            if node.annotation("fusion") is not None:
+                out.setdefault(node.annotation("fusion"), []).append(node)
     return out
 
 
@@ -65,8 +65,8 @@ def _check_regions(program) -> None:
                     users[v] = users.get(v, 0) + 1
             chains: dict[int, list] = {}
             for node in graph.nodes:
-                if node.attr("fusion") is not None:
-                    chains.setdefault(node.attr("fusion"), []).append(node)
+                if node.annotation("fusion") is not None:
+                    chains.setdefault(node.annotation("fusion"), []).append(node)
             members = {id(n) for c in chains.values() for n in c}
             for chain in chains.values():
                 assert len(chain) >= 2 and all(fusible(n) for n in chain)

@@ -13,8 +13,8 @@ def planned(spec: str, **params):
 
 
 def slots(program) -> list:
-    return [n.attr("slot") for block in program.classes.values() for n in walk(block.graph)
-            if n.attr("slot") is not None]
+    return [n.annotation("slot") for block in program.classes.values() for n in walk(block.graph)
+            if n.annotation("slot") is not None]
 
 
 def test_each_layer_of_a_stack_gets_its_own_slot_range():
@@ -40,10 +40,10 @@ def test_loop_iterations_get_consecutive_ranges():
     # prelude 2 + core 4 layers x 64 iterations (the loop's max) + coda 2
     assert len(p.kv_layout) == 2 + 4 * 64 + 2
     core_call = next(n for n in walk(p.model.graph)
-                     if n.op == "call" and n.attr("cls") == "Recur")
-    assert core_call.attr("slot") == (2, (("it", 4),))  # after the prelude's 2, 4 per step
+                     if n.op == "call" and n.call.cls == "Recur")
+    assert core_call.annotation("slot") == (2, (("it", 4),))  # after the prelude's 2, 4 per step
     coda = [n for n in walk(p.model.graph) if n.op == "call" and n.ref.path[0][0] == "coda"]
-    assert coda[0].attr("slot") == (2 + 4 * 64, (("i", 1),))
+    assert coda[0].annotation("slot") == (2 + 4 * 64, (("i", 1),))
 
 
 def test_own_output_attention_keeps_one_slot_per_layer():

@@ -115,7 +115,7 @@ def test_golden(case, text):
 def test_three_calls_become_a_loop():
     p = run_pass("roll", archc.load(THREE_CALLS).program)
     (loop,) = loops(p)
-    assert loop.attr("kind") == "loop" and loop.attr("count").value == 3
+    assert loop.loop.kind == "loop" and loop.loop.count.value == 3
     code = source(archc.api.compile_program(archc.load(THREE_CALLS)))
     assert "for _ in range(3):\n            x = self.core(x)" in code  # the index is unused
     assert code.count("self.core(") == 1
@@ -125,7 +125,7 @@ def test_only_values_private_to_the_run_are_rolled():
     p = run_pass("roll", archc.load(NOT_ROLLED).program)
     # y is read after the run: only z = core(y), w = core(z) roll; a then b are different
     # weights; the two applications of `f` in `inner` roll inside its class
-    counts = [n.attr("count").value for n in loops(p) if n.attr("kind") == "loop"]
+    counts = [n.loop.count.value for n in loops(p) if n.loop.kind == "loop"]
     assert sorted(counts) == [2, 2]
     assert [n.op for n in p.model.graph.nodes][:4] == ["embed", "linear", "loop", "linear"]
 
@@ -142,10 +142,10 @@ def test_roll_undoes_unroll(text):
 def test_a_for_over_shared_weights_comes_back_as_a_loop():
     text = LOOPS[2].replace("loop 5 {", "for i in 0..5 {")
     program = archc.load(text).program
-    assert [n.attr("kind") for n in loops(program)] == ["for"]
+    assert [n.loop.kind for n in loops(program)] == ["for"]
     flat = run_pass("unroll", program, UNROLL)
     back = run_pass("roll", flat)
-    assert [(n.attr("kind"), n.attr("count").value) for n in loops(back)] == [("loop", 5)]
+    assert [(n.loop.kind, n.loop.count.value) for n in loops(back)] == [("loop", 5)]
     assert program_hash(back) == program_hash(archc.load(LOOPS[2]).program)
 
 
@@ -173,7 +173,7 @@ def test_a_run_binding_temporaries_rolls_before_a_loop():
                           "for i in 0..2 as layers {\n  x = core(x)\n}\n"
                           "return lm_head(x, tied=emb)")
     p = run_pass("roll", archc.load(text).program)
-    assert [n.attr("kind") for n in loops(p)] == ["loop", "for"]
+    assert [n.loop.kind for n in loops(p)] == ["loop", "for"]
     m = archc.build(text)
     assert m(torch.randint(0, 16, (1, 3))).shape == (1, 3, 16)
 
@@ -190,7 +190,7 @@ x = x + attn(n(x))
 return lm_head(x, tied=emb)
 """
     p = archc.api.compile_program(archc.load(text))
-    assert [n.attr("count").value for n in loops(p)] == [3] and len(p.kv_layout) == 3
+    assert [n.loop.count.value for n in loops(p)] == [3] and len(p.kv_layout) == 3
     m = archc.build(text).eval()
     flat = archc.load(text)
     ref = build_program(flat, pipeline_without(flat.program, "roll")).eval()

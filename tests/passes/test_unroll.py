@@ -90,7 +90,7 @@ def test_refs_get_literal_indices_and_shared_weights_stay_shared():
 
 def test_per_iteration_adapters_get_their_iteration():
     p = unrolled(NESTED)
-    calls = [(str(n.ref), n.attr("iteration")) for n in p.model.graph.nodes if n.op == "call"]
+    calls = [(str(n.ref), n.call.iteration) for n in p.model.graph.nodes if n.op == "call"]
     assert calls == [("shared[0]", "0"), ("shared[1]", "0"), ("shared[0]", "1"),
                      ("shared[1]", "1")]
     assert "self.shared[1](x, 1)" in source(compile_program(archc.load(NESTED), unroll=True))
@@ -98,7 +98,7 @@ def test_per_iteration_adapters_get_their_iteration():
 
 def test_run_time_counts_stay_rolled():
     p = compile_program(archc.load("specs/huginn.arch"), unroll=True)
-    kinds = [n.attr("kind") for n in loops(p)]
+    kinds = [n.loop.kind for n in loops(p)]
     assert kinds == ["loop"]  # the `loop r` (run-time count); prelude, core, coda unrolled
 
 

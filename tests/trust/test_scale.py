@@ -225,4 +225,4 @@ def test_roll_folds_a_long_run_into_one_loop():
     nodes = out.classes[out.root].graph.nodes
     loops = [n for n in nodes if n.op == "loop"]
     assert len(nodes) == 3 and len(loops) == 1
-    assert loops[0].attr("count").value == 2_000
+    assert loops[0].loop.count.value == 2_000

@@ -101,7 +101,7 @@ class _Context:
             if node.op in ("rope", "head_loop") and node.attr("table"):
                 found.add(node.attr("table"))
             elif node.op == "call":
-                found.update(self.needs(node.attr("cls")))
+                found.update(self.needs(node.call.cls))
             for tree in _trees(node):
                 found |= scalar.free(tree, "param")
             if node.op == "horn":
@@ -403,7 +403,7 @@ class _Forward:
         if self.packed:
             self.kwargs = scope.create("params")
         spec_vars = [self.block.iteration] if self.block.iteration else []
-        spec_vars += [n.attr("var") for n in _walk(graph) if n.op == "loop"]
+        spec_vars += [n.loop.var for n in _walk(graph) if n.op == "loop"]
         for var in spec_vars:
             if var not in self.vars:
                 self.vars[var] = scope.create(var, ("var", var))
@@ -572,8 +572,8 @@ class _Forward:
         best = 0
         for block in self.cls.program.classes.values():
             for node in _walk(block.graph):
-                if node.op == "loop" and node.attr("count").param == param:
-                    best = max(best, node.attr("count").max)
+                if node.op == "loop" and node.loop.count.param == param:
+                    best = max(best, node.loop.count.max)
         return best
 
     def _release(self, pos: int, ind: str) -> None:
@@ -630,7 +630,7 @@ class _Forward:
         """The cache slot of a kv_cache node, or the slot base passed to a call. Where a
         loop index moves it, its first slot and its stride are named constants of the
         class (`self.CODA_SLOT + i`); a lone number is a slot as it stands."""
-        offset, strides = node.attr("slot")
+        offset, strides = node.annotation("slot")
         # the index of a loop that runs at most once (an `if`) is 0
         strides = [(var, n) for var, n in strides if self.vars.get(var, var) != "0"]
         terms = [] if self.cls.is_root else [self.local[_SLOT]]
@@ -654,18 +654,18 @@ class _Forward:
         if node.op == "call":
             # a callee that reads the cache only for positions (init_state's noise) keeps
             # no slot of its own: any base will do
-            extra = [("0" if node.attr("slot") is None else self._slot(node)) if k == _SLOT
+            extra = [("0" if node.annotation("slot") is None else self._slot(node)) if k == _SLOT
                      else "cache" if k == _CACHE
-                     else self.local[k] for k in self.ctx.needs(node.attr("cls"))]
-            if node.attr("iteration"):
-                extra.append(self.vars.get(node.attr("iteration"), node.attr("iteration")))
+                     else self.local[k] for k in self.ctx.needs(node.call.cls)]
+            if node.call.iteration:
+                extra.append(self.vars.get(node.call.iteration, node.call.iteration))
             return f"{self._ref(node.ref)}({', '.join(args + extra)})"
         return LOWERINGS[node.op](args, dict(node.attrs), _NodeContext(self, node))
 
     def _loop(self, node: Node, ind: str, start: int, end: int) -> None:
         body = node.body
-        var = node.attr("var")
-        count = node.attr("count")
+        var = node.loop.var
+        count = node.loop.count
         carried = len(node.outs)
         hints = node.hint.split(",") if node.hint else []
         # the loop-carried state lives in one Python variable per carried value
@@ -686,7 +686,7 @@ class _Forward:
                 self.namer.last[vid] = max(self.namer.last.get(vid, -1), start)
             else:
                 self.namer.name[vid] = self.namer.name[node.inputs[k]]
-        halt = node.attr("halt")
+        halt = node.loop.halt
         condition = tidy.condition(count) if halt is None else None
         outer_var = self.vars.get(var)
         if condition is not None:  # runs once or not at all: an `if`, its index 0
@@ -695,11 +695,11 @@ class _Forward:
         else:
             header = self._for_header(node, var, tidy.count_code(count, self._scalar_names()))
         if halt is not None:
-            state = names[halt[0]]
+            state = names[halt.state]
             halter = self._scratch(f"halt:{node.outs[0]}", "halt", start, end)
             prev = self._scratch(f"prev:{node.outs[0]}", f"{state}_prev", start, end)
-            self.lines.append(f"{ind}{halter} = rt.Halting({state}, tol={literal(halt[1])}, "
-                              f"per={py_str(halt[2])})")
+            self.lines.append(f"{ind}{halter} = rt.Halting({state}, tol={literal(halt.tol)}, "
+                              f"per={py_str(halt.per)})")
             self.lines.append(f"{ind}{header}")
             self.lines.append(f"{ind}{INDENT}{prev} = {state}")
         else:
@@ -732,11 +732,11 @@ class _Forward:
 
     def _for_header(self, node: Node, var: str, count: str) -> str:
         """`for layer in self.layers:` when the body only calls the stack's items."""
-        label = node.attr("label")
+        label = node.loop.label
         whole = Ref(path=((label, var),))
         nodes = list(_walk(node.body))
         refs = [n.ref for n in nodes if n.ref is not None]
-        if node.attr("kind") == "for" and refs and all(r == whole for r in refs) \
+        if node.loop.kind == "for" and refs and all(r == whole for r in refs) \
                 and not any(_uses_var(n, var) for n in nodes):
             candidates = ([label[:-1]] if label.endswith("s") and len(label) > 1 else []) + \
                 ["layer", "block", f"{label}_layer"]
@@ -782,17 +782,17 @@ def _refuse_cache(program: Program, ind: str) -> list[str]:
 
 def _fills_cache(graph: Graph) -> bool:
     """Does a loop body store keys/values in KV-cache slots (kvplan numbered them)?"""
-    return any(n.attr("slot") is not None for n in _walk(graph))
+    return any(n.annotation("slot") is not None for n in _walk(graph))
 
 
 def _slot_uses_var(node: Node, var: str) -> bool:
-    slot = node.attr("slot")
+    slot = node.annotation("slot")
     return slot is not None and any(v == var for v, _ in slot[1])
 
 
 def _uses_var(node: Node, var: str) -> bool:
     """Does a node read a loop variable other than through its module ref?"""
-    if node.attr("iteration") == var:
+    if node.call is not None and node.call.iteration == var:
         return True
     return any(var in scalar.free(t, "var") for t in _trees(node))
 
@@ -814,9 +814,8 @@ def _trees(node: Node) -> list[tuple]:
     by = node.attr("by")
     if isinstance(by, tuple):
         out.append(by)
-    count = node.attr("count")
-    if node.op == "loop" and count.expr is not None:
-        out.append(count.expr)
+    if node.loop is not None and node.loop.count.expr is not None:
+        out.append(node.loop.count.expr)
     return out
 
 
