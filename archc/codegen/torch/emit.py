@@ -13,15 +13,15 @@ from __future__ import annotations
 from ... import __version__
 from ...errors import source_line
 from ..escape import comment, docstring, file_name, literal, py_str
-from ...ir import (BlockDef, BlockInst, Graph, Group, Leaf, Module, Node, Program, Ref, Stack,
-                   class_order)
-from ...init import runtime_inits
-from ..namespace import PYTHON_RESERVED, Namespace
+from ...ir import BlockDef, Graph, Node, Program, Ref, class_order, walk
+from ..namespace import Namespace
 from . import tidy
 from .wrap import wrap_source
 from ... import scalar
 from ...ops import PRIMS
-from .lower import LOWERINGS, leaf_expr
+from .lower import LOWERINGS
+from .modules import module_expr, span_comment
+from .namer import Namer
 from ...scan import plan_scan
 from ...passes.kvplan import decode_blockers, slot_count
 
@@ -97,7 +97,7 @@ class _Context:
             return self._needs[cls]
         block = self.program.classes[cls]
         found: set[str] = set()
-        for node in _walk(block.graph):
+        for node in walk(block.graph):
             if node.op in ("rope", "head_loop") and node.attr("table"):
                 found.add(node.attr("table"))
             elif node.op == "call":
@@ -132,64 +132,6 @@ class _Context:
         if cls not in self._slots:
             self._slots[cls] = slot_count(self.program, cls)
         return self._slots[cls]
-
-
-def _walk(graph: Graph):
-    for node in graph.nodes:
-        yield node
-        if node.body is not None:
-            yield from _walk(node.body)
-
-
-# ----------------------------------------------------------------------------- modules
-
-
-def _module_expr(m: Module, indent: str, ctx: _Context) -> str:
-    """A Python expression that builds the module (possibly over several lines)."""
-    if isinstance(m, BlockInst):
-        names = ctx.init_args(m.cls)
-        args = ", ".join(f"{names[k]}={literal(v)}" for k, v in m.args)
-        return f"{ctx.class_names[m.cls]}({args})"
-    if isinstance(m, Leaf):
-        return _initialised(m, leaf_expr(m.op, dict(m.args)))
-    if isinstance(m, Group):
-        if not m.children:
-            return "nn.ModuleDict()"
-        inner = indent + INDENT
-        items = [f"{inner}{name}={_module_expr(child, inner, ctx)}," for name, child in m.children]
-        return "nn.ModuleDict(dict(\n" + "\n".join(items) + f"\n{indent}))"
-    if isinstance(m, Stack):
-        first = m.items[0]
-        if all(_same(first, item) for item in m.items):
-            inner = indent + INDENT
-            # Built once (a one-line expression does not depend on the indent): building
-            # it again per nesting level made nested stacks exponential.
-            body = _module_expr(first, inner, ctx)
-            if "\n" not in body and len(body) < 60:
-                return f"nn.ModuleList([{body} for _ in range({len(m.items)})])"
-            return (f"nn.ModuleList([\n{inner}{body}\n{inner}for _ in range({len(m.items)})"
-                    f"\n{indent}])")
-        inner = indent + INDENT
-        items = [f"{inner}{_module_expr(item, inner, ctx)}," for item in m.items]
-        return "nn.ModuleList([\n" + "\n".join(items) + f"\n{indent}])"
-    raise AssertionError(m)
-
-
-def _same(a: Module, b: Module) -> bool:
-    return a is b or a.model_dump() == b.model_dump()
-
-
-def _initialised(leaf: Leaf, expr: str) -> str:
-    """The leaf's module, passed through rt.init_ where the IR draws its weights."""
-    inits = runtime_inits(leaf)
-    if not inits:
-        return expr
-    return f"rt.init_({expr}, {', '.join(f'{name}={how}' for name, how in inits)})"
-
-
-def _span_comment(m: Module) -> str:
-    span = getattr(m, "span", None)
-    return f"  # {file_name(span.file)}:{span.line}" if span else ""
 
 
 class _NodeContext:
@@ -296,8 +238,8 @@ class _ClassEmitter:
             lines.append(f"{ind}self.step = {self.program.params['step'].value}  "
                          "# the training step; set_step() moves it")
         for name, module in self.block.modules:
-            expr = _module_expr(module, ind, self.ctx)
-            lines.append(f"{ind}self.{name} = {expr}{_span_comment(module)}")
+            expr = module_expr(module, ind, self.ctx)
+            lines.append(f"{ind}self.{name} = {expr}{span_comment(module)}")
         if plan_scan(self.block) is not None:
             lines.append(f'{ind}self.scan_mode = "tiled"  # or "naive": attend per position')
         if self.is_root:
@@ -305,41 +247,6 @@ class _ClassEmitter:
                 dh, theta = self.ctx.tables[key]
                 lines.append(f"{ind}self.{attr} = rt.Rotary({dh}, theta={theta!r})")
         return lines
-
-
-class _Namer:
-    """Python names for values: spec names first, reused only once the old value is dead;
-    never a name of the method's namespace (`reserved`)."""
-
-    def __init__(self, reserved: set[str]):
-        self.reserved = set(reserved)
-        self.holder: dict[str, str] = {}
-        self.name: dict[str, str] = {}
-        self.last: dict[str, int] = {}
-
-    def free(self, candidate: str, pos: int) -> bool:
-        if candidate in self.reserved or candidate in PYTHON_RESERVED:
-            return False
-        holder = self.holder.get(candidate)
-        return holder is None or self.last.get(holder, -1) <= pos
-
-    def assign(self, value: str, hint: str, pos: int) -> str:
-        candidate = self.peek(hint, pos)
-        self.bind(value, candidate)
-        return candidate
-
-    def peek(self, hint: str, pos: int) -> str:
-        """The name `assign` would give at `pos` (the hint, mangled if taken)."""
-        base = hint or "t"
-        candidate, n = base, 0
-        while not self.free(candidate, pos):
-            n += 1
-            candidate = f"{base}_{n}"
-        return candidate
-
-    def bind(self, value: str, name: str) -> None:
-        self.holder[name] = value
-        self.name[value] = name
 
 
 class _Forward:
@@ -356,7 +263,7 @@ class _Forward:
         self.graph = graph
         self.ctx_args = self.ctx.needs(self.block.cls)
         self._scope(graph)
-        self.namer = _Namer(self.scope.names())
+        self.namer = Namer(self.scope.names())
         self.positions: dict[int, tuple[int, int]] = {}
         self.item_refs: dict[Ref, str] = {}  # refs a `for item in self.stack` loop names
         self.deleted: set[str] = set()  # values whose local was released with `del`
@@ -403,7 +310,7 @@ class _Forward:
         if self.packed:
             self.kwargs = scope.create("params")
         spec_vars = [self.block.iteration] if self.block.iteration else []
-        spec_vars += [n.loop.var for n in _walk(graph) if n.op == "loop"]
+        spec_vars += [n.loop.var for n in walk(graph) if n.op == "loop"]
         for var in spec_vars:
             if var not in self.vars:
                 self.vars[var] = scope.create(var, ("var", var))
@@ -571,7 +478,7 @@ class _Forward:
     def _max_of(self, param: str) -> int:
         best = 0
         for block in self.cls.program.classes.values():
-            for node in _walk(block.graph):
+            for node in walk(block.graph):
                 if node.op == "loop" and node.loop.count.param == param:
                     best = max(best, node.loop.count.max)
         return best
@@ -734,7 +641,7 @@ class _Forward:
         """`for layer in self.layers:` when the body only calls the stack's items."""
         label = node.loop.label
         whole = Ref(path=((label, var),))
-        nodes = list(_walk(node.body))
+        nodes = list(walk(node.body))
         refs = [n.ref for n in nodes if n.ref is not None]
         if node.loop.kind == "for" and refs and all(r == whole for r in refs) \
                 and not any(_uses_var(n, var) for n in nodes):
@@ -763,7 +670,7 @@ def _check_types(method: str, node: Node, names: list[str]) -> str:
 
 
 def _uses_op(program: Program, op: str) -> bool:
-    return any(n.op == op for b in program.classes.values() for n in _walk(b.graph))
+    return any(n.op == op for b in program.classes.values() for n in walk(b.graph))
 
 
 def _refuse_cache(program: Program, ind: str) -> list[str]:
@@ -782,7 +689,7 @@ def _refuse_cache(program: Program, ind: str) -> list[str]:
 
 def _fills_cache(graph: Graph) -> bool:
     """Does a loop body store keys/values in KV-cache slots (kvplan numbered them)?"""
-    return any(n.annotation("slot") is not None for n in _walk(graph))
+    return any(n.annotation("slot") is not None for n in walk(graph))
 
 
 def _slot_uses_var(node: Node, var: str) -> bool:
@@ -799,7 +706,7 @@ def _uses_var(node: Node, var: str) -> bool:
 
 def _reads_var(graph: Graph, var: str) -> bool:
     """Does a loop body read its loop variable at all (a slot, an index, a scalar)?"""
-    for node in _walk(graph):
+    for node in walk(graph):
         refs = [node.ref] + [v for _, v in node.attrs if isinstance(v, Ref)]
         if any(idx == var for ref in refs if ref is not None for _, idx in ref.path):
             return True
