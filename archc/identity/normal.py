@@ -36,7 +36,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from .. import scalar
-from ..ir import BlockDef, BlockInst, Count, Graph, Group, Leaf, Module, Node, Program, Ref, Stack
+from ..ir import (BlockDef, BlockInst, Count, Graph, Group, Leaf, Module, Node, Program, Ref, Stack,
+                  walk)
 from ..ops import OPS
 
 VERSION = "archc-hash/2"
@@ -148,13 +149,6 @@ def render(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- names
 
-def _walk(graph: Graph):
-    for node in graph.nodes:
-        yield node
-        if node.body is not None:
-            yield from _walk(node.body)
-
-
 def _graphs(graph: Graph):
     """A graph and every region body in it."""
     yield graph
@@ -259,7 +253,7 @@ class _Forms:
         if cls in seen:
             return
         seen.add(cls)
-        for node in _walk(self.classes[cls].graph):
+        for node in walk(self.classes[cls].graph):
             names: list[str] = []
             for _key, value in _facts(node):
                 if isinstance(value, Count):

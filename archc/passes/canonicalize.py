@@ -35,7 +35,8 @@ from ..ops.prims import PRIMS
 from .pipeline import DEFAULTS, Pass, PassOptions
 
 _COMMUTATIVE = frozenset({"add", "mul"})
-_TREE_KINDS = frozenset({"num", "bin", "cmp", "neg", "call"})
+# scalar tree kinds that hold no free name (loop index, param, instance value)
+_CLOSED_KINDS = scalar.KINDS - {"var", "param", "attr"}
 
 
 def _pure_node(node: Node, block: BlockDef, program: Program, pure_classes: set[str]) -> bool:
@@ -79,7 +80,7 @@ def _constant(by: Any) -> float | None:
 
 def _closed(tree: Any) -> bool:
     """A tree of numbers only (no loop index, param, instance value or train/infer)."""
-    if not (isinstance(tree, tuple) and tree and tree[0] in _TREE_KINDS):
+    if not (isinstance(tree, tuple) and tree and tree[0] in _CLOSED_KINDS):
         return False
     if tree[0] == "num":
         return True
