@@ -234,8 +234,50 @@ def cost_flops(case) -> None:
             raise Violation("cost_flops", "flops != flops_per_token * seq * batch")
 
 
+def simple_backend():
+    """The torch backend as a backend without composite prims would be: what it lacks
+    is decomposed (archc/codegen/backend.py prepare), so it runs what a plain one would."""
+    from dataclasses import replace
+
+    from archc.codegen import backend as backends
+    from archc.ops.prims import PRIMS
+
+    torch_backend = backends.get("torch")
+    lowerings = {k: v for k, v in torch_backend.lowerings.items() if not PRIMS[k].composite}
+    return replace(torch_backend, name="simple", lowerings=lowerings, complete=False)
+
+
+def decomposed_composite(case) -> None:
+    """backend == torch: an inference build through a backend that lowers no composite
+    prim (each decomposed into simple prims) computes the torch build's logits."""
+    from archc.api import compile_program
+    from archc.codegen import backend as backends
+
+    spec = archc.load(case.text)
+    program = compile_program(spec, "infer")
+    simple = simple_backend()
+    if not simple.unsupported(program):
+        raise NotApplicable("no composite prim to decompose")
+    try:
+        program = backends.prepare(program, simple, "infer")
+    except ArchcError as e:
+        if e.code == "A055":  # a composite without a decomposition yet: refused, not run
+            raise NotApplicable(f"refused: {e.message}") from None
+        raise
+    torch = _torch()
+    torch.manual_seed(0)
+    model = perturb(archc.build(spec, mode="infer")).eval()
+    other = simple.build(program, spec).eval()
+    other.load_state_dict(model.state_dict())
+    x = tokens_for(case)
+    for rt in bindings(case):
+        close("decomposed_composite", run(model, x, case, rt), run(other, x, case, rt),
+              f"composite vs decomposed {rt}")
+
+
 RELATIONS = {
     "rolled_unrolled": rolled_unrolled,
+    "decomposed_composite": decomposed_composite,
     "infer_reparam": infer_reparam,
     "decode_prefill": decode_prefill,
     "format_hash": format_hash,

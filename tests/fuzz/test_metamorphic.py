@@ -1,7 +1,7 @@
 """Metamorphic relations over generated valid specs (issue 8 item 7): rolled == unrolled,
 train-eval == inference build == archc.reparam, decode == prefill, format keeps the hash,
-cost.params == built parameters, cost.flops == FlopCounterMode, byte-identical source in
-two processes. The relations live in relations.py, the generator in specgen.py; hypothesis
+cost.params == built parameters, cost.flops == FlopCounterMode, a backend without
+composite prims (decomposed) == torch, byte-identical source in two processes. The relations live in relations.py, the generator in specgen.py; hypothesis
 runs a fixed-seed budget (derandomize) and shrinks a failure to a small spec.
 
 Constructs that break a relation today because of another area's open work are kept out
@@ -25,7 +25,7 @@ from strategies import specs
 SCALE = float(os.environ.get("ARCHC_FUZZ_SCALE", "1"))
 # examples per relation: about 15 s in all on an idle machine
 EXAMPLES = {"rolled_unrolled": 40, "infer_reparam": 30, "decode_prefill": 40,
-            "format_hash": 50, "cost_params": 50, "cost_flops": 25}
+            "format_hash": 50, "cost_params": 50, "cost_flops": 25, "decomposed_composite": 30}
 SETTINGS = dict(derandomize=True, deadline=None, database=None, print_blob=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])
