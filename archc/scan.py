@@ -31,6 +31,18 @@ class ScanPlan:
     finish: Graph
     alibi: bool
 
+    def pieces(self) -> list[tuple[str, Graph, str]]:
+        """(method name, graph, what it computes) of each piece, in the order the scan
+        calls them: the names are the contract with `rt.recurrent_scan`, kept here once."""
+        return [(name, getattr(self, name), doc) for name, doc in PIECES]
+
+
+PIECES = (
+    ("queries", "q for every position, and k, v of each position's own input (the diagonal)"),
+    ("keys", "k, v of past positions: the same norm and projections, on the output"),
+    ("finish", "the rest of the block for one position, given its attention output"),
+)
+
 
 def _fail(message: str, node: Node | None, hint: str) -> None:
     raise ArchcError(message, node.span if node is not None else None, hint, code="A015")

@@ -203,16 +203,9 @@ class _ClassEmitter:
             f"{ind}return rt.recurrent_scan(self, {name}, cache, {slot}{alibi}, "
             "mode=self.scan_mode)",
         ]
-        docs = {
-            "queries": "q for every position, and k, v of each position's own input "
-                       "(the diagonal)",
-            "keys": "k, v of past positions: the same norm and projections, on the output",
-            "finish": "the rest of the block for one position, given its attention output",
-        }
-        for method, graph in (("queries", plan.queries), ("keys", plan.keys),
-                              ("finish", plan.finish)):
+        for method, graph, doc in plan.pieces():
             lines.append("")
-            lines += _Forward(self, graph).emit_method(method, docs[method])
+            lines += _Forward(self, graph).emit_method(method, doc)
         return lines
 
     def rotary_attrs(self) -> dict[str, str]:
