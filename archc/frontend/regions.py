@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import loopvars, names, syntax as S
 from ..errors import fail
+from ..graph_ops import graph_shape, substitute
 from ..ir import Count, Graph, Group, Halt, Loop, Node, Stack
 from .consteval import _number
 from .scopes import (Env, GraphBuilder, LoopFrame, ModuleScope, _collapse, _collapse_fix,
@@ -164,7 +165,7 @@ class Regions:
                 span=st.span)
         else:
             del self.scope.modules[label]
-        if rollable and len(iterations) > 1 and len({_fingerprint(g) for g in graphs}) == 1:
+        if rollable and len(iterations) > 1 and len({graph_shape(g) for g in graphs}) == 1:
             gb0 = iterations[0][0]
             inputs = [inits[n] for n in inits] + self._captured(gb0)
             types = [gb0.graph.types[o] for o in gb0.graph.outputs]
@@ -180,9 +181,10 @@ class Regions:
                        zip(graph.inputs, list(inits))}
             mapping.update({inner: outer for outer, inner in gb.captures.items()})
             for node in graph.nodes:
-                node = _substitute(node, var, k, mapping) if rollable else \
-                    node.model_copy(update={"inputs": tuple(mapping.get(i, i)
-                                                            for i in node.inputs)})
+                if rollable:  # elaborated with the symbolic index: iteration k's value
+                    node = substitute(node, var, k)
+                node = node.model_copy(update={"inputs": tuple(mapping.get(i, i)
+                                                               for i in node.inputs)})
                 self.gb.graph.add(node)  # counted when its iteration was elaborated
                 for o in node.outs:
                     if o in graph.names:
@@ -412,30 +414,6 @@ def _no_return(result: Any, st) -> None:
     if isinstance(result, Returned):
         fail("`return` inside a loop body", st.span,
              "assign the value instead; the loop's carried values are its result", code="A030")
-
-
-def _substitute(node: Node, var: str, k: int, mapping: dict[str, str]) -> Node:
-    """Node of a spliced `for` iteration: loop variable -> k, body inputs -> outer values."""
-    fix = lambda r: r.substitute(var, k) if r is not None else r  # noqa: E731
-    body = _map_graph(node.body, fix) if node.body is not None else None
-    return node.model_copy(update={
-        "ref": fix(node.ref), "body": body, "attrs": _ref_attrs(node, fix),
-        "inputs": tuple(mapping.get(i, i) for i in node.inputs)})
-
-
-def _fingerprint(graph: Graph) -> Any:
-    ids: dict[str, int] = {}
-    for i, (vid, _t) in enumerate(graph.inputs):
-        ids[vid] = i
-    items = []
-    for node in graph.nodes:
-        for o in node.outs:
-            ids[o] = len(ids)
-        items.append((node.op, tuple(ids.get(i, i) for i in node.inputs), node.attrs,
-                      node.loop, node.call, str(node.ref), node.types, node.hint,
-                      _fingerprint(node.body) if node.body is not None else None))
-    return (tuple(t for _, t in graph.inputs), tuple(items),
-            tuple(ids.get(o, o) for o in graph.outputs))
 
 
 def _assigned(stmts) -> list[str]:

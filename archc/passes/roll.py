@@ -34,31 +34,10 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any
 
+from ..graph_ops import graph_shape, node_signature
 from ..ir import BlockDef, Count, Graph, Loop, Node, Program, next_value_id, walk
 from .pipeline import DEFAULTS, Pass, PassOptions
-
-
-def _shape(graph: Graph) -> Any:
-    """A region body up to the names of its values (for comparing two nodes)."""
-    ids: dict[str, int] = {}
-    for vid, _t in graph.inputs:
-        ids[vid] = len(ids)
-    items = []
-    for node in graph.nodes:
-        ins = tuple(ids.get(v, v) for v in node.inputs)
-        for o in node.outs:
-            ids[o] = len(ids)
-        items.append(_signature(node) + (ins,))
-    return (tuple(t for _, t in graph.inputs), tuple(items),
-            tuple(ids.get(o, o) for o in graph.outputs))
-
-
-def _signature(node: Node) -> tuple:
-    body = _shape(node.body) if node.body is not None else None
-    return (node.op, node.attrs, node.loop, node.call, node.ref, node.types, node.hint,
-            len(node.outs), body)
 
 
 @dataclass
@@ -225,7 +204,7 @@ class _Signatures:
 
     def __init__(self, nodes: list[Node]):
         numbers: dict[tuple, int] = {}
-        self.ids = [numbers.setdefault(_signature(n), len(numbers)) for n in nodes]
+        self.ids = [numbers.setdefault(node_signature(n), len(numbers)) for n in nodes]
         n = len(nodes)
         self.where: dict[int, list[int]] = {}
         for k, sid in enumerate(self.ids):

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 import archc
-from archc.codegen.torch import emit
+from archc.codegen.torch import modules
 from archc.ir import Graph, Ref
 from archc.passes import dce, roll
 
@@ -147,13 +147,13 @@ def test_the_memory_limit_can_be_set():
 
 def test_codegen_of_nested_one_iteration_fors_is_linear(monkeypatch):
     calls = []
-    real = emit._module_expr
+    real = modules.module_expr
 
     def counted(m, indent, ctx):
         calls.append(1)
         return real(m, indent, ctx)
 
-    monkeypatch.setattr(emit, "_module_expr", counted)
+    monkeypatch.setattr(modules, "module_expr", counted)  # its recursion reads the global
     archc.compile_source(nested([1] * 12))
     assert len(calls) < 100  # one per module of the tree; 2^12 when it was exponential
 
@@ -207,13 +207,13 @@ def test_dce_is_near_linear():
 
 def test_roll_looks_at_each_node_a_bounded_number_of_times(monkeypatch):
     calls = []
-    real = roll._signature
+    real = roll.node_signature
 
     def counted(node):
         calls.append(1)
         return real(node)
 
-    monkeypatch.setattr(roll, "_signature", counted)
+    monkeypatch.setattr(roll, "node_signature", counted)
     program = chain(600)
     out = roll.roll(program)
     assert len(out.classes[out.root].graph) == 602  # distinct weights: nothing rolls
