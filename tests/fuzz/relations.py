@@ -24,6 +24,7 @@ gains start at values that would hide a wrong fold or a dropped adapter).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -108,12 +109,24 @@ def close(relation: str, a, b, what: str) -> None:
         raise Violation(relation, f"{what}: max |diff| {diff:.3g}")
 
 
+@functools.lru_cache(maxsize=4)
+def _loaded(text: str):
+    return archc.load(text)
+
+
+def loaded(case):
+    """The case's spec, loaded once: the relations of one case share it (and its compiled
+    programs, cached per pass options), as a user's loop over builds of one spec would.
+    A relation that changes what a Spec caches loads its own (rolled_unrolled)."""
+    return _loaded(case.text)
+
+
 def built(case, mode: str = "train", double: bool = False):
     """The module with reproducible weights: its init draws from the global generator,
     so that is seeded too (otherwise a case passes or fails with the process's history)."""
     torch = _torch()
     torch.manual_seed(0)
-    model = perturb(archc.build(case.text, mode=mode))
+    model = perturb(archc.build(loaded(case), mode=mode))
     return model.to(torch.float64) if double else model
 
 
@@ -141,7 +154,7 @@ def rolled_unrolled(case) -> None:
 def infer_reparam(case) -> None:
     model = built(case).eval()
     deploy = archc.reparam(model)
-    infer = archc.build(case.text, mode="infer")
+    infer = archc.build(loaded(case), mode="infer")
     if sorted(infer.state_dict()) != sorted(deploy.state_dict()):
         raise Violation("infer_reparam", "inference build and reparam differ in weights")
     infer.load_state_dict(deploy.state_dict())
@@ -183,9 +196,9 @@ def format_hash(case) -> None:
 
 
 def cost_params(case) -> None:
-    model = archc.build(case.text)
+    model = archc.build(loaded(case))
     counted = sum(p.numel() for p in model.parameters())
-    predicted = archc.cost(case.text).params
+    predicted = archc.cost(loaded(case)).params
     if counted != predicted:
         raise Violation("cost_params", f"cost says {predicted}, module has {counted}")
 
@@ -203,7 +216,7 @@ def measured_flops(model, tokens, runtime) -> int:
 
 
 def cost_flops(case) -> None:
-    model = archc.build(case.text)
+    model = archc.build(loaded(case))
     runs = [(3, rt) for rt in bindings(case)] + [(6, case.runtime)]
     # In training an MoE's capacity drops tokens (cost prices every token at its top-k
     # experts) and sigma-Reparam runs a power iteration: measure those in eval, where no
@@ -217,7 +230,7 @@ def cost_flops(case) -> None:
             measured_flops(model, tokens_for(case, 3), rt)
     excess: dict[str, int] = {}
     for seq, rt in runs:  # two lengths pin both the per-token matmuls and attention's seq term
-        c = archc.cost(case.text, seq=seq, batch=BATCH, **rt)
+        c = archc.cost(loaded(case), seq=seq, batch=BATCH, **rt)
         total = measured_flops(model, tokens_for(case, seq), rt)
         if "halting" in case.features:
             # an early exit runs fewer iterations than the count
@@ -253,7 +266,7 @@ def decomposed_composite(case) -> None:
     from archc.api import compile_program
     from archc.codegen import backend as backends
 
-    spec = archc.load(case.text)
+    spec = loaded(case)
     program = compile_program(spec, "infer")
     simple = simple_backend()
     if not simple.unsupported(program):
