@@ -13,9 +13,8 @@ import networkx as nx
 from .errors import ArchcError
 from .ops.prims import PRIMS
 from .ir import (STRUCTURAL_OPS, BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack,
-                 broadcast, resolve)
+                 resolve)
 
-_BINARY = {"add", "sub", "mul"}
 
 
 def verify(program: Program, after: str = "elaboration") -> Program:
@@ -71,14 +70,33 @@ def _verify_kind(node: Node, after: str) -> None:
              f"{len(node.outs)}", node)
 
 
+def _verify_shape(program: Program, block: BlockDef, node: Node, types: list,
+                  after: str) -> None:
+    """The node's types are what its prim's shape rule gives for its inputs."""
+    prim = PRIMS[node.op]
+    leaf = resolve(block, node.ref, program.classes) if node.ref is not None else None
+    leaf = leaf.items[0] if isinstance(leaf, Stack) else leaf
+    args = dict(leaf.args) if isinstance(leaf, Leaf) else {}
+    try:
+        want = prim.out_types(tuple(types), dict(node.attrs), args)
+    except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError):
+        want = ()  # the rule cannot read these inputs: they do not fit the prim
+    if want is None and prim.elementwise and len(types) > 1:
+        want = ()  # elementwise inputs that do not broadcast
+    if want is not None and tuple(want) != tuple(node.types):
+        shown = ", ".join(str(t) for t in types)
+        _bug(after, f"{node.op} of {shown} gives {', '.join(map(str, node.types))}, its "
+             f"shape rule says {', '.join(map(str, want)) or 'they do not fit'}", node)
+
+
 def _verify_node(program: Program, block: BlockDef, graph: Graph, node: Node,
                  after: str) -> None:
     types = [graph.types[v] for v in node.inputs]
-    if node.op in _BINARY and broadcast(types[0], types[1]) != node.types[0]:
-        _bug(after, f"{node.op} of {types[0]} and {types[1]} gives {node.types[0]}", node)
     if node.op not in PRIMS and node.op not in STRUCTURAL_OPS:
         _bug(after, f"unknown op {node.op}", node)
     _verify_kind(node, after)
+    if node.op in PRIMS:
+        _verify_shape(program, block, node, types, after)
     if node.op == "call" or node.op in PRIMS and PRIMS[node.op].weights:
         if node.ref is None:
             _bug(after, f"{node.op} has no module", node)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
+from ..ir import TensorType, broadcast
+
 class Flops(NamedTuple):
     """Forward FLOPs of one application of a primitive, per token.
 
@@ -188,6 +190,8 @@ def _linear_attend_flops(f: FlopInput) -> Flops:
 
 
 SavedExtra = Callable[[FlopInput], int]
+# (input TensorTypes, attrs, the called leaf's args or {}) -> output TensorTypes
+ShapeRule = Callable[[tuple, dict, dict], tuple]
 
 
 @dataclass(frozen=True)
@@ -228,9 +232,59 @@ class Prim:
     # a one-argument activation the language offers as a spec op of the same name
     # (`silu(x)`); the text is its entry in `archc ops`
     activation: str | None = None
+    # the output types from the input types: the verifier holds every node to it after
+    # every pass (None: elementwise ops broadcast, row-local ones keep their input's type,
+    # others are not checked)
+    shape: ShapeRule | None = None
+
+    def out_types(self, ins: tuple, attrs: dict, leaf: dict) -> tuple | None:
+        """The types this prim gives for `ins`, or None where it declares no rule (or the
+        inputs already clash: the rule's own inputs are checked where they are made)."""
+        if self.shape is not None:
+            return self.shape(ins, attrs, leaf)
+        if self.elementwise and ins:
+            out = ins[0]
+            for t in ins[1:]:
+                out = broadcast(out, t) if out is not None else None
+            return (out,) if out is not None else None
+        if self.row_local and len(ins) == 1:
+            return (ins[0],)
+        return None
 
     def is_pure(self, leaf: Any = None) -> bool:
         return self.pure(leaf) if callable(self.pure) else self.pure
+
+
+def _projected(key: str) -> ShapeRule:
+    """[..., d] -> [..., leaf[key]]: a linear map to its leaf's output width."""
+    return lambda ins, attrs, leaf: (_with_width(ins[0], leaf[key]),)
+
+
+def _with_width(t: TensorType, width: int) -> TensorType:
+    return TensorType(shape=t.shape[:-1] + (width,), dtype="float")
+
+
+def _heads_shape(ins, attrs, leaf) -> tuple:
+    b, t, d = ins[0].shape
+    return (TensorType(shape=(b, attrs["n"], t, d // attrs["n"])),)
+
+
+def _merge_shape(ins, attrs, leaf) -> tuple:
+    b, h, t, dh = ins[0].shape
+    return (TensorType(shape=(b, t, h * dh)),)
+
+
+def _attend_shape(ins, attrs, leaf) -> tuple:
+    q, _k, v = ins
+    return (TensorType(shape=q.shape[:3] + v.shape[3:]),)
+
+
+def _concat_shape(ins, attrs, leaf) -> tuple:
+    return (_with_width(ins[0], sum(t.shape[-1] for t in ins)),)
+
+
+def _split_shape(ins, attrs, leaf) -> tuple:
+    return tuple(_with_width(ins[0], size) for size in attrs["sizes"])
 
 
 def _noiseless(leaf: Any) -> bool:
@@ -266,8 +320,9 @@ QKV_OUT = (0, 1, 2, "out")
 PRIMS: dict[str, Prim] = {p.name: p for p in [
     # modules that hold weights: the graph calls them
     _leaf("embed", no_flops, pure=True, saved=NOTHING),
-    _leaf("linear", _linear_flops, pure=True, saved=(0,)),
-    _leaf("lora", _lora_flops, pure=True, saved=(0,), saved_extra=_rank),
+    _leaf("linear", _linear_flops, pure=True, saved=(0,), shape=_projected("out")),
+    _leaf("lora", _lora_flops, pure=True, saved=(0,), saved_extra=_rank,
+          shape=_projected("out")),
     _leaf("rmsnorm", per_element(4), pure=True, row_local=True, per_head=True, saved=(0,),
           saved_extra=lambda f: 1),
     _leaf("layernorm", per_element(5), pure=True, row_local=True, saved=(0,),
@@ -275,21 +330,22 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
     _elementwise("layerscale", 1, weights=True),
     _elementwise("scalar", 1, weights=True),
     _elementwise("bias", 1, saved=NOTHING, weights=True, per_head=True),
-    Prim("tied_linear", _linear_flops, pure=True, saved=(0,)),  # reads the embedding's
+    Prim("tied_linear", _linear_flops, pure=True, saved=(0,), shape=_projected("vocab")),  # reads the embedding's
     _leaf("batchnorm", per_element(4)),  # running statistics
     _leaf("repbn", per_element(5)),
-    _leaf("sigma_linear", _linear_flops),  # power iteration state
-    _leaf("ds_linear", _ds_flops),
+    _leaf("sigma_linear", _linear_flops, shape=_projected("out")),  # power iteration state
+    _leaf("ds_linear", _ds_flops, shape=_projected("out")),
     _leaf("dwconv", _dwconv_flops, mixes_positions=True,
           no_decode=_state_not_cached("the window of earlier positions of a causal conv")),
     _leaf("partition_norm", per_element(4), pure=True, row_local=True),
     _leaf("rotate", per_element(3), pure=True, row_local=True),
     # attention pieces
-    Prim("heads", no_flops, pure=True, per_head=True, saved=NOTHING),
-    Prim("merge_heads", no_flops, pure=True, saved=NOTHING),
+    Prim("heads", no_flops, pure=True, per_head=True, saved=NOTHING, shape=_heads_shape),
+    Prim("merge_heads", no_flops, pure=True, saved=NOTHING, shape=_merge_shape),
     Prim("rope", per_element(3), pure=True, row_local=True, per_head=True,
          mixes_positions=True, saved=(0,), saved_extra=_inputs),
     Prim("attend", _sdpa_flops, pure=True, per_head=True, mixes_positions=True,
+         shape=_attend_shape,
          attention=True, allocates=True, saved=QKV_OUT, saved_extra=_heads,
          no_decode=_reads_later_positions(True)),
     # an attention whose keys and values come from its block's own output at earlier
@@ -335,8 +391,8 @@ PRIMS: dict[str, Prim] = {p.name: p for p in [
     _elementwise("softplus", 4, activation="log(1 + exp(x)), a smooth relu"),
     _elementwise("lerp", 3, saved=(0, 1, 2)),
     # layout
-    Prim("concat", no_flops, pure=True, saved=NOTHING),
-    Prim("split", no_flops, pure=True, saved=NOTHING),
+    Prim("concat", no_flops, pure=True, saved=NOTHING, shape=_concat_shape),
+    Prim("split", no_flops, pure=True, saved=NOTHING, shape=_split_shape),
     Prim("init_state", no_flops, saved=NOTHING),  # noise in training
 ]}
 from . import simple_prims  # noqa: E402,F401  (decomposition prims join PRIMS)
