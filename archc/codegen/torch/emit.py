@@ -19,7 +19,7 @@ from . import tidy
 from .wrap import wrap_source
 from ... import scalar
 from ...ops import PRIMS
-from .lower import LOWERINGS
+from .lower import EMITTED_WITH_BLOCK, LOWERINGS
 from .modules import module_expr, span_comment
 from .namer import Namer
 from ...scan import plan_scan
@@ -98,16 +98,12 @@ class _Context:
         block = self.program.classes[cls]
         found: set[str] = set()
         for node in walk(block.graph):
-            if node.op in ("rope", "head_loop") and node.attr("table"):
-                found.add(node.attr("table"))
-            elif node.op == "call":
+            if node.op == "call":
                 found.update(self.needs(node.call.cls))
+            elif node.op in LOWERINGS and node.op not in EMITTED_WITH_BLOCK:
+                found |= _Probe.asks(node)  # what its lowering reads of the forward
             for tree in _trees(node):
                 found |= scalar.free(tree, "param")
-            if node.op == "horn":
-                found.add(_CACHE)
-            if node.op == "init_state" and node.attr("mode") != "zeros":
-                found.update((_CACHE, _SEED))  # noise keyed by (seed, absolute position)
         if cls == self.program.root:  # every declared run-time param is a keyword of
             found.update(p for p, info in self.program.params.items()  # forward, used or not
                          if info.runtime and p != "step")
@@ -132,6 +128,47 @@ class _Context:
         if cls not in self._slots:
             self._slots[cls] = slot_count(self.program, cls)
         return self._slots[cls]
+
+
+class _Probe:
+    """A LowerContext that records what a lowering asks of the forward (a rotary table,
+    the cache, the noise seed) instead of answering: a class's forward takes exactly the
+    context its nodes' lowerings read, whatever the op."""
+
+    training, module = "self.training", "m"
+
+    def __init__(self):
+        self.found: set[str] = set()
+
+    @classmethod
+    def asks(cls, node: Node) -> set[str]:
+        probe = cls()
+        LOWERINGS[node.op](["x"] * len(node.inputs), dict(node.attrs), probe)
+        return probe.found
+
+    @property
+    def cache(self) -> str:
+        self.found.add(_CACHE)
+        return "cache"
+
+    @property
+    def seed(self) -> str:
+        self.found.add(_SEED)
+        return "seed"
+
+    def ref(self, ref) -> str:
+        return "m"
+
+    def slot(self) -> str:
+        self.found.add(_CACHE)
+        return "0"
+
+    def rope(self, table: str) -> str:
+        self.found.add(table)
+        return "rope"
+
+    def scalar(self, value) -> str:
+        return "1"
 
 
 class _NodeContext:

@@ -65,6 +65,10 @@ def _attend(a, attrs, ctx) -> str:
     return f"rt.attend({a[0]}, {a[1]}, {a[2]}{extra})"
 
 
+# prims emitted with their whole block rather than as an expression
+EMITTED_WITH_BLOCK = frozenset({"scan_attend"})
+
+
 def _scan_attend(a, attrs, ctx) -> str:
     raise AssertionError("scan_attend is emitted with its block, as rt.recurrent_scan "
                          "(emit._ClassEmitter._scan), not as an expression")
