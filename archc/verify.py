@@ -8,8 +8,6 @@ equal shapes. A failure here is a compiler bug, not a spec error, and says so.
 
 from __future__ import annotations
 
-import networkx as nx
-
 from .errors import ArchcError
 from .ops.prims import PRIMS
 from .ir import (STRUCTURAL_OPS, BlockDef, BlockInst, Graph, Leaf, Node, Program, Stack,
@@ -33,8 +31,8 @@ def _bug(after: str, message: str, node: Node | None):
 
 def _verify_graph(program: Program, block: BlockDef, graph: Graph, after: str,
                   top: bool) -> None:
-    if not nx.is_directed_acyclic_graph(graph.g):
-        _bug(after, f"cycle in {block.cls}", None)
+    # Every input defined before its use, in program order (SSA), also rules out cycles:
+    # Graph.add draws an edge only from a node added earlier, so no separate check.
     defined = {v for v, _ in graph.inputs}
     for node in graph.nodes:
         for v in node.inputs:
@@ -70,12 +68,10 @@ def _verify_kind(node: Node, after: str) -> None:
              f"{len(node.outs)}", node)
 
 
-def _verify_shape(program: Program, block: BlockDef, node: Node, types: list,
-                  after: str) -> None:
+def _verify_shape(node: Node, types: list, module, after: str) -> None:
     """The node's types are what its prim's shape rule gives for its inputs."""
     prim = PRIMS[node.op]
-    leaf = resolve(block, node.ref, program.classes) if node.ref is not None else None
-    leaf = leaf.items[0] if isinstance(leaf, Stack) else leaf
+    leaf = module.items[0] if isinstance(module, Stack) else module
     args = dict(leaf.args) if isinstance(leaf, Leaf) else {}
     try:
         want = prim.out_types(tuple(types), dict(node.attrs), args)
@@ -95,12 +91,12 @@ def _verify_node(program: Program, block: BlockDef, graph: Graph, node: Node,
     if node.op not in PRIMS and node.op not in STRUCTURAL_OPS:
         _bug(after, f"unknown op {node.op}", node)
     _verify_kind(node, after)
+    module = resolve(block, node.ref, program.classes) if node.ref is not None else None
     if node.op in PRIMS:
-        _verify_shape(program, block, node, types, after)
+        _verify_shape(node, types, module, after)
     if node.op == "call" or node.op in PRIMS and PRIMS[node.op].weights:
         if node.ref is None:
             _bug(after, f"{node.op} has no module", node)
-        module = resolve(block, node.ref, program.classes)
         if module is None:
             _bug(after, f"{node.op} names {node.ref}, which {block.cls} does not have", node)
         if node.op == "call":
