@@ -35,7 +35,10 @@ import typing
 from dataclasses import dataclass, field
 
 from archc.init import USES_STD
-from archc.ops import OPS
+from archc.ops import OPS, PRIMS
+
+# every activation of the op table (a new one is fuzzed without touching this file)
+ACTIVATIONS = tuple(name for name, prim in PRIMS.items() if prim.activation)
 
 VOCABS = (16, 24, 32)
 WIDTHS = (8, 12, 16)
@@ -293,7 +296,7 @@ class _Gen:
             return f"moe({x}, {', '.join(args)}{self.init_opts('moe')})"
         if kind == "linear":
             return f"linear({x}, out={self.width}{bias}{self.init_opts('linear')}{self.sigma()})"
-        act = self.d.choice(("silu", "gelu", "relu", "tanh", "sigmoid", "leaky_relu"))
+        act = self.d.choice(ACTIVATIONS + ("leaky_relu",))
         inner = f"linear({x}, out={self.width}{bias})"
         if act == "leaky_relu":
             if not self.allowed("leaky_relu"):
