@@ -37,6 +37,7 @@ class ClassBuilder(Statements, Expressions, Calls, Regions):
         self.scope_stack: list[ModuleScope] = []
         self.lora: dict[str, Leaf] = {}
         self.lora_hits: set[str] = set()
+        self.lora_refs: set[tuple] = set()  # ref paths of the linears lora adapts
         self.untie_hits: set[str] = set()
         self.ids = 0
         self.ast: tuple = ()  # the statements of this class, for depth-reference scans

@@ -13,7 +13,7 @@ from .. import syntax as S
 from ..errors import Span, fail
 from ..identity.record import record_application
 from ..init import choices_hint
-from ..ir import BlockInst, Call, Group, Module
+from ..ir import BlockInst, Call, Group, Module, walk
 from ..ops import ADAPTERS, OPS
 from ..ops.registry import suggest
 from .consteval import _BUILTINS, _FLOAT32_MAX, _SCHEDULES
@@ -257,6 +257,20 @@ class Calls:
             fail(f"`{kind}`: {first['msg'].lower()} ({'.'.join(map(str, first['loc']))})",
                  call.span, 'e.g. lora(rank=8, alpha=16, targets=["q", "v"])', code="A031")
 
+    def _check_head_loops_unadapted(self, adapt: AdaptCfg) -> None:
+        """A head loop reruns its attention's projections from their weights alone: with
+        lora on those linears it would compute something other than the adapted
+        attention, so the combination is refused (found by bench/fuzz.py --seed 13)."""
+        for node in walk(self.gb.graph):
+            attn = node.attr("attn") if node.op == "head_loop" else None
+            if attn is not None and any(p[:len(attn.path)] == attn.path
+                                        for p in self.lora_refs):
+                fail("this head loop reruns its attention's projections without their lora "
+                     "deltas, so it would not compute the adapted attention", node.span,
+                     "keep lora off that attention (lora(targets=[...]) naming other "
+                     "linears), or drop the head loop", code="A034",
+                     labels=[(adapt.span, "lora adapts the attention here")])
+
     def check_adapters(self, adapt: AdaptCfg) -> None:
         if adapt.lora:
             for t in adapt.lora.targets:
@@ -268,6 +282,7 @@ class Calls:
                 fail(f"block `{self.name}` has no linear for lora to adapt", adapt.span,
                      "lora adapts linears: attention, mlp, swiglu and linear have them",
                      code="A034")
+            self._check_head_loops_unadapted(adapt)
         for t in adapt.untie:
             if t not in self.untie_hits:
                 fail(f"untie `{t}` matches no instance in block `{self.name}`", adapt.span,

@@ -133,6 +133,7 @@ class OpCtx:
         if targets and not hits:
             return y
         self.cb.lora_hits.update(hits)
+        self.cb.lora_refs.add(ref.path)
         key = path.replace(".", "_")
         r = adapt.lora.rank
         self.cb.lora[key] = Leaf(op="lora", args=(("in", d), ("out", out), ("rank", r),

@@ -120,6 +120,7 @@ class _Gen:
         self.serial = 0
         # (name, has a `hidden` param, has a linear of its own for LoRA to adapt)
         self.blocks: list[tuple[str, bool, bool]] = []
+        self.looping_blocks: set[str] = set()  # blocks with a head loop, or calling one
         self.runtime: dict[str, int] = {}
         self.in_block = False
         self.unnamed_loops = 0    # enclosing `loop`s without an index name
@@ -653,6 +654,12 @@ class _Gen:
                     re.search(r"(?<![a-z_])(linear|attention|mlp|swiglu)\(", made[0]) is not None
                 lines += made
         self.in_block = False
+        # lora on a head loop's attention is refused (the loop reruns the projections
+        # without the deltas): a block with a head loop, or calling one, is not adapted
+        if any("head_loop(" in line or any(f"= {b}()" in line for b in self.looping_blocks)
+               for line in lines):
+            self.looping_blocks.add(name)
+            own_linear = False
         self.blocks.append((name, has_hidden, own_linear))
         return [f"block {name}(x{params}) {{", *["  " + s for s in lines], "  return x", "}"]
 
