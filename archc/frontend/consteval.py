@@ -10,6 +10,7 @@ nothing the spec computes escapes as a Python exception.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -25,6 +26,30 @@ from .values import (Inst, InstArray, RuntimeParam, RuntimeScalar, TensorVal, _r
 class StaticEval:
     """Evaluating static expressions; mixed into the Elaborator (which holds the bound
     `globals`, `param_info`, `blocks` and the `budget`)."""
+
+    def index_frame(self, frame):
+        """Remember the range of a loop's index (its IR name), for check_divisor."""
+        if frame.sym is not None:
+            self.index_bounds[frame.sym] = (frame.count, frame.var or "the loop index")
+        return frame
+
+    def check_divisor(self, tree: tuple, e: S.BinOp) -> None:
+        """A run-time divisor that reads only loop indices is checked at every index the
+        loops can take: `1 / (j - 1)` in `loop j in r max 3` divides by zero at j = 1,
+        which would otherwise surface in the built module as a ZeroDivisionError."""
+        bounds = self.index_bounds
+        names = sorted(scalar.free(tree, "var"))
+        if scalar.free(tree, "param") or scalar.free(tree, "attr") or \
+                any(n not in bounds for n in names) or \
+                math.prod(bounds[n][0] for n in names) > 4096:
+            return  # it depends on values only known at run time
+        for values in itertools.product(*(range(bounds[n][0]) for n in names)):
+            env = dict(zip(names, values))
+            if scalar.evaluate(tree, env) == 0:
+                where = ", ".join(f"{bounds[n][1]} = {v}" for n, v in env.items())
+                fail(f"division by zero when {where}", e.span,
+                     "divide by a value that is never 0 at any index, e.g. (j + 1)",
+                     code="A031")
 
     def static(self, expr: S.Expr, env: Env, what: str = "this") -> Any:
         value = self.eval_static(expr, env)
@@ -66,7 +91,11 @@ class StaticEval:
         if isinstance(e, S.Compare):
             return _compare(e, self.eval_static(e.left, env), self.eval_static(e.right, env))
         if isinstance(e, S.BinOp):
-            return _arith(e, self.eval_static(e.left, env), self.eval_static(e.right, env))
+            left, right = self.eval_static(e.left, env), self.eval_static(e.right, env)
+            out = _arith(e, left, right)
+            if e.op in ("/", "//", "%") and _runtime(right):
+                self.check_divisor(_tree(right), e)
+            return out
         if isinstance(e, S.Range):
             lo = self.eval_static(e.lo, env)
             hi = self.eval_static(e.hi, env)

@@ -42,6 +42,7 @@ class Elaborator(StaticEval, ParamBinding, OpCounting):
         self.rope: dict[tuple[int, float], str] = {}
         self.globals: dict[str, Any] = {}
         self.param_info: dict[str, ParamInfo] = {}
+        self.index_bounds: dict[str, tuple[int, str]] = {}  # loop index -> (count, name)
         self.spec_ops = SpecOps()  # each op application, for the architecture hash
         self._register_blocks()
         self._bind_params(params, param_spans or {})

@@ -41,7 +41,10 @@ class Expressions:
             right = self.expr(e.right, env)
             if isinstance(left, TensorVal) or isinstance(right, TensorVal):
                 return self.tensor_arith(e, left, right)
-            return _arith(e, left, right)
+            out = _arith(e, left, right)
+            if e.op in ("/", "//", "%") and isinstance(right, (RuntimeScalar, RuntimeParam)):
+                self.el.check_divisor(_tree(right), e)
+            return out
         if isinstance(e, S.Neg):
             v = self.expr(e.value, env)
             if isinstance(v, TensorVal):
@@ -113,6 +116,8 @@ class Expressions:
         tensor, other = (left, right) if isinstance(left, TensorVal) else (right, left)
         if e.op == "*" or (e.op == "/" and tensor is left):
             if isinstance(other, (RuntimeParam, RuntimeScalar)):
+                if e.op == "/":
+                    self.el.check_divisor(_tree(other), e)
                 by = _tree(other) if e.op == "*" else scalar.binary("/", 1.0, _tree(other))
             else:
                 num = _number(other, e.span)

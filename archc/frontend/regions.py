@@ -53,7 +53,7 @@ class Regions:
         for k, item in enumerate(items):
             body_env, gb = self._open_body(env, current, label, sym)
             _bind_for_vars(body_env, st, item)
-            self.loops.append(LoopFrame(var, len(items), "for", sym))
+            self.loops.append(self.el.index_frame(LoopFrame(var, len(items), "for", sym)))
             try:
                 _no_return(self.body(st.body, body_env), st)
             finally:
@@ -130,7 +130,7 @@ class Regions:
         inits = self._carried(st.body, env)
         body_env, gb = self._open_body(env, inits, label, sym)
         body_env.set(var, 0, st.span)
-        self.loops.append(LoopFrame(var, n, "for", sym))
+        self.loops.append(self.el.index_frame(LoopFrame(var, n, "for", sym)))
         try:
             _no_return(self.body(st.body, body_env), st)
         finally:
@@ -212,7 +212,7 @@ class Regions:
         body_env, gb = self._open_body(env, inits, label, var)
         if st.var is not None:
             body_env.set(st.var, RuntimeScalar(("var", var)), st.span)
-        self.loops.append(LoopFrame(st.var, count.bound, "loop", var))
+        self.loops.append(self.el.index_frame(LoopFrame(st.var, count.bound, "loop", var)))
         try:
             _no_return(self.body(st.body, body_env), st)
         finally:
