@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ..errors import ArchcError
@@ -38,7 +38,6 @@ class Backend:
     generate: Callable[[Program], dict[str, str]]
     build: Callable[[Program, Any], Any] | None = None
     complete: bool = False  # claims every prim of the op table (a test holds it to that)
-    extras: tuple[str, ...] = field(default=())  # pip extras it needs
 
     def lowers(self, prim: str) -> bool:
         """Whether this backend runs `prim` as it is (a weight prim needs its leaf too)."""

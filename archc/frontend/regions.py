@@ -106,10 +106,15 @@ class Regions:
                 if env.find(name) is not None and not isinstance(value, (Inst, InstArray)):
                     env.set(name, value, body_env.spans.get(name))
             stack.frames.append(DepthFrame(label, k, values))
+        self._place_stack(label, modules, st.span)
+
+    def _place_stack(self, label: str, modules: list, span) -> None:
+        """A `for`'s per-iteration modules as one Stack under its label (an iteration
+        without modules holds an empty group); no stack when no iteration has any."""
         if any(m is not None for m in modules):
             self.scope.modules[label] = Stack(
                 items=tuple(m if m is not None else Group(children=()) for m in modules),
-                span=st.span)
+                span=span)
         else:
             del self.scope.modules[label]
 
@@ -159,12 +164,7 @@ class Regions:
     def _finish_for(self, st, env, label, inits, iterations, rollable, var) -> None:
         modules = [_collapse(scope, st.span) for _, scope in iterations]
         graphs = [_rewrite_refs(gb.graph, scope) for gb, scope in iterations]
-        if any(m is not None for m in modules):
-            self.scope.modules[label] = Stack(
-                items=tuple(m if m is not None else Group(children=()) for m in modules),
-                span=st.span)
-        else:
-            del self.scope.modules[label]
+        self._place_stack(label, modules, st.span)
         if rollable and len(iterations) > 1 and len({graph_shape(g) for g in graphs}) == 1:
             gb0 = iterations[0][0]
             inputs = [inits[n] for n in inits] + self._captured(gb0)

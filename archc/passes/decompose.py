@@ -350,11 +350,6 @@ UNDECOMPOSED = {
 }
 
 
-def composite_of(node: Node) -> str:
-    """The composite prim a node applies (its op)."""
-    return node.op
-
-
 def decompose(program: Program, keep: frozenset[str] = frozenset(),
               mode: str = "train") -> Program:
     """The program with every composite node whose prim is not in `keep` rewritten into
@@ -383,7 +378,7 @@ def _graph(program: Program, block: BlockDef, graph: Graph, keep: frozenset[str]
         if node.body is not None:
             body = _graph(program, block, node.body, keep, counter, mode)
             node = node.model_copy(update={"body": body})
-        name = composite_of(node)
+        name = node.op
         if name in UNDECOMPOSED and name not in keep:
             raise refuse(node, *UNDECOMPOSED[name], prim=name)
         rule = COMPOSITE.get(name)

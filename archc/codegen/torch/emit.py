@@ -16,7 +16,7 @@ from ..escape import comment, docstring, file_name, literal, py_str
 from ...ir import BlockDef, Graph, Node, Program, Ref, class_order, walk
 from ..namespace import Namespace
 from . import tidy
-from .wrap import wrap_source
+from .wrap import STEP, wrap_source
 from ... import scalar
 from ...ops import PRIMS
 from .lower import EMITTED_WITH_BLOCK, LOWERINGS
@@ -25,7 +25,7 @@ from .namer import Namer
 from ...scan import plan_scan
 from ...passes.kvplan import decode_blockers, slot_count
 
-INDENT = "    "
+INDENT = STEP  # one level of generated indentation (wrap.py)
 # Names the generated module itself uses at module scope (see archc/codegen/namespace.py):
 # spec-derived names are mangled around them, in every scope of the file.
 GENERATED_GLOBALS = ("torch", "F", "nn", "rt", "math", "self", "super", "_")

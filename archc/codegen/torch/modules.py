@@ -8,8 +8,8 @@ from ...init import runtime_inits
 from ...ir import BlockInst, Group, Leaf, Module, Stack
 from ..escape import file_name, literal
 from .lower import leaf_expr
+from .wrap import STEP as INDENT
 
-INDENT = "    "
 
 
 def module_expr(m: Module, indent: str, ctx) -> str:
